@@ -1,0 +1,266 @@
+"""The ``seminar-zoo`` command.
+
+* ``fit | validate | test | predict``: LightningCLI over every RecModel subclass
+  (``--model DIN``) and the shared DataModule, with YAML configs (``--config``,
+  merged left to right).
+* ``experiment --config CFG --data.path DIR --run_dir RUN [overrides]``: fit, then
+  test the best checkpoint, write ``RUN/metrics.json``.
+* ``prepare synthetic|movielens|kuaisar|amazon ...``: build a dataset folder.
+* ``sweep``, ``compare``, ``bench``: see their own ``--help``.
+
+Bad input (``DatasetError``) prints one clear message and exits with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+from .data.schema import DatasetError
+
+LIGHTNING_VERBS = ("fit", "validate", "test", "predict")
+
+
+# --------------------------------------------------------------------------- LightningCLI
+def _make_cli_class():
+    from pytorch_lightning import Callback
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.cli import LightningCLI
+
+    from .data.datamodule import LifelongSequenceDataModule
+    from .models import RecModel
+
+    class ThroughputMonitor(Callback):
+        """Training rows per second of pure training time (validation excluded)."""
+
+        def __init__(self):
+            self.rows, self.seconds, self._t = 0, 0.0, None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self._t = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if self._t is not None:
+                self.seconds += time.perf_counter() - self._t
+                self.rows += int(batch["label"].shape[0]) * trainer.world_size
+
+    class ZooCLI(LightningCLI):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+            kwargs.setdefault("seed_everything_default", 0)
+            kwargs.setdefault("trainer_defaults", {
+                "max_epochs": 5,
+                "default_root_dir": "runs/default",
+                "logger": {"class_path": "seminar_zoo.tracking.ZooWandbLogger"},
+                "enable_model_summary": False,
+                "num_sanity_val_steps": 0,
+                "deterministic": False,
+            })
+            super().__init__(RecModel, LifelongSequenceDataModule, subclass_mode_model=True,
+                             auto_configure_optimizers=False, *args, **kwargs)
+
+        def add_arguments_to_parser(self, parser):
+            parser.link_arguments("data.data_meta", "model.init_args.data_meta", apply_on="instantiate")
+            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.set_defaults({"checkpoint.monitor": "val/auc", "checkpoint.mode": "max",
+                                 "checkpoint.save_last": True, "checkpoint.filename": "best-{epoch}"})
+
+        def _cfg(self):
+            return self.config[self.subcommand] if self.subcommand else self.config
+
+        def before_instantiate_classes(self) -> None:
+            cfg = self._cfg()
+            root = cfg.trainer.default_root_dir or "runs/default"
+            if cfg.checkpoint.dirpath is None:
+                cfg.checkpoint.dirpath = os.path.join(root, "checkpoints")
+            lg = cfg.trainer.logger
+            lgs = lg if isinstance(lg, list) else [lg]
+            for one in lgs:
+                if hasattr(one, "class_path") and one.class_path.endswith("ZooWandbLogger"):
+                    if one.init_args.get("save_dir") is None:
+                        one.init_args.save_dir = root
+            if cfg.trainer.callbacks is None:
+                cfg.trainer.callbacks = []
+
+        def instantiate_trainer(self, **kwargs):
+            self.throughput = ThroughputMonitor()
+            extra = kwargs.pop("callbacks", None) or []
+            return super().instantiate_trainer(callbacks=[*extra, self.throughput], **kwargs)
+
+    return ZooCLI
+
+
+def _quiet_warnings() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*litlogger.*")
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def lightning_main(args: Optional[List[str]] = None):
+    cls = _make_cli_class()
+    return cls(args=args)
+
+
+# --------------------------------------------------------------------------- experiment
+class ExperimentContext:
+    """What a multi-stage model's ``before_fit`` / ``before_test`` hooks may use."""
+
+    def __init__(self, run_dir: Path, cli, name: str):
+        self.run_dir, self.cli, self.name = run_dir, cli, name
+        self.datamodule = cli.datamodule
+        self.trainer = cli.trainer
+        self.config = cli.config
+
+    def make_trainer(self, subdir: str, **overrides):
+        """A Trainer with the experiment's trainer settings, logging under ``run_dir/subdir``."""
+        import pytorch_lightning as pl
+
+        from .tracking import ZooWandbLogger
+
+        t = self.config.trainer
+        kw = dict(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
+                  max_epochs=t.max_epochs, num_nodes=t.num_nodes, enable_model_summary=False,
+                  default_root_dir=str(self.run_dir / subdir), num_sanity_val_steps=0,
+                  limit_train_batches=t.limit_train_batches, enable_progress_bar=t.enable_progress_bar)
+        kw["logger"] = ZooWandbLogger(save_dir=str(self.run_dir / subdir), name=f"{self.name}-{subdir}")
+        kw.update(overrides)
+        return pl.Trainer(**kw)
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float))
+    os.replace(tmp, path)
+
+
+def experiment_main(argv: List[str]) -> dict:
+    import torch
+
+    ap = argparse.ArgumentParser(prog="seminar-zoo experiment", add_help=False)
+    ap.add_argument("--run_dir", "--run-dir", dest="run_dir", required=True)
+    ap.add_argument("--name", default=None, help="label of this run in tables (default: the model class)")
+    ap.add_argument("-h", "--help", action="store_true")
+    known, rest = ap.parse_known_args(argv)
+    if known.help:
+        print("usage: seminar-zoo experiment --config CFG [--data.path DIR] --run_dir RUN [--name LABEL] [overrides]\n"
+              "Fits, tests the best checkpoint and writes RUN/metrics.json. Overrides are LightningCLI fit options.")
+        lightning_main(["fit", "--help"])
+        return {}
+    run_dir = Path(known.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cls = _make_cli_class()
+    cli = cls(args=["--trainer.default_root_dir", str(run_dir), *rest], run=False)
+    model, dm, trainer = cli.model, cli.datamodule, cli.trainer
+    name = known.name or type(model).__name__
+    ctx = ExperimentContext(run_dir, cli, name)
+    t0 = time.time()
+    model.before_fit(ctx)
+    trainer.fit(model, dm)
+    fit_seconds = time.time() - t0
+    best = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+    if best:
+        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        model.load_state_dict(state)
+    model.before_test(ctx)
+    res = trainer.test(model, dm, verbose=False)[0]
+    tp = cli.throughput
+    hp = dm.hparams
+    out = {
+        "name": name,
+        "model": type(model).__name__,
+        "dataset": dm.data_meta["name"],
+        "data_path": str(dm.path),
+        "protocol": hp.protocol,
+        "seed": int(cli.config.seed_everything) if cli.config.seed_everything is not None else None,
+        "n_eval_negatives": hp.n_eval_negatives if hp.protocol == "ranking" else None,
+        "max_len": model.hparams.max_len or hp.max_len,
+        "n_test": int(dm.splits["test"].n_samples),
+        "fit_seconds": fit_seconds,
+        "samples_per_second": tp.rows / tp.seconds if tp.seconds else None,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "best_checkpoint": best,
+        "epochs": trainer.current_epoch,
+    }
+    out.update({k: float(v) for k, v in res.items() if k.startswith("test/") and k != "test/auc_pb"})
+    out.update(model.extra_test_metrics)
+    if trainer.is_global_zero:
+        _atomic_json(run_dir / "metrics.json", out)
+        if hasattr(trainer.logger, "experiment") and hasattr(trainer.logger.experiment, "summary"):
+            try:
+                trainer.logger.experiment.summary.update({k: v for k, v in out.items() if v is not None})
+            except Exception:  # a disabled run has no summary to update
+                pass
+        print(json.dumps({k: out[k] for k in out if k.startswith("test/") or k in ("name", "fit_seconds")}, indent=1))
+    return out
+
+
+# --------------------------------------------------------------------------- prepare
+def prepare_main(argv: List[str]) -> None:
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: seminar-zoo prepare {synthetic,movielens,kuaisar,amazon} --out DIR [...]")
+        return
+    which, rest = argv[0], argv[1:]
+    if which == "synthetic":
+        from .data.synthetic import generate
+
+        ap = argparse.ArgumentParser(prog="seminar-zoo prepare synthetic")
+        ap.add_argument("--out", required=True)
+        ap.add_argument("--users", type=int, default=2000)
+        ap.add_argument("--items", type=int, default=2000)
+        ap.add_argument("--seq-len", type=int, default=200)
+        ap.add_argument("--seed", type=int, default=0)
+        a = ap.parse_args(rest)
+        generate(a.out, users=a.users, items=a.items, seq_len=a.seq_len, seed=a.seed, verbose=True)
+        return
+    _dispatch(f"seminar_zoo.data.prepare.{which}", rest, f"prepare {which}")
+
+
+def _dispatch(module: str, argv: List[str], verb: str):
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            raise SystemExit(f"seminar-zoo: unknown command '{verb}'")
+        raise
+    return mod.main(argv)
+
+
+# --------------------------------------------------------------------------- entry point
+def main(argv: Optional[List[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_warnings()
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    verb, rest = argv[0], argv[1:]
+    try:
+        if verb in LIGHTNING_VERBS:
+            lightning_main(argv)
+        elif verb == "experiment":
+            experiment_main(rest)
+        elif verb == "prepare":
+            prepare_main(rest)
+        elif verb in ("sweep", "compare"):
+            _dispatch(f"seminar_zoo.{verb}", rest, verb)
+        elif verb == "bench":
+            if not rest:
+                raise SystemExit("usage: seminar-zoo bench {retrieval,...} [options]")
+            _dispatch(f"seminar_zoo.bench.{rest[0]}", rest[1:], f"bench {rest[0]}")
+        else:
+            raise SystemExit(f"seminar-zoo: unknown command '{verb}' (see seminar-zoo --help)")
+    except DatasetError as e:
+        print(f"seminar-zoo: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""RecModel: the LightningModule every model subclasses.
+
+It owns what must be identical across models for a fair comparison: the
+multi-modal item / query encoders, the short-term branch (off by default), the
+tower, the loss (binary cross-entropy, plus any auxiliary losses a model
+registers), the optimiser and the metrics, logged as ``{stage}/auc``,
+``{stage}/ndcg@10``, ... A subclass implements only :meth:`interest`: how it
+turns (target, history) into a user-interest vector.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from ..metrics import RecMetrics
+from ..modules.attention import TargetAttention
+from ..modules.encoders import ItemEncoder, QueryEncoder
+from ..modules.tower import Tower
+
+
+class RecModel(pl.LightningModule):
+    """Shared step, loss, metrics and optimiser.
+
+    Args:
+        data_meta: dataset facts (ids, attribute cardinalities, embedding dims); the CLI
+            links it from the DataModule, so configs never set it by hand.
+        embed_dim: width of every modality vector.
+        max_len: use only the most recent ``max_len`` behaviours (None = all the data gives).
+        short_term_len: if > 0, add target attention over the last n behaviours to the tower input.
+        tower_dims, dropout, lr, weight_decay: the tower and optimiser.
+    """
+
+    def __init__(self, data_meta: Optional[dict] = None, embed_dim: int = 32, max_len: Optional[int] = None,
+                 short_term_len: int = 0, num_heads: int = 4, tower_dims: List[int] = [128, 64],
+                 dropout: float = 0.1, lr: float = 1e-3, weight_decay: float = 0.0):
+        super().__init__()
+        if data_meta is None:
+            raise ValueError("data_meta is required: build models through the CLI, or pass "
+                             "LifelongSequenceDataModule(...).data_meta")
+        self.save_hyperparameters()
+        self.item_encoder = ItemEncoder(data_meta, embed_dim)
+        self.query_encoder = QueryEncoder(data_meta, embed_dim)
+        self.short_term = TargetAttention(embed_dim, num_heads) if short_term_len > 0 else None
+        self.val_metrics = RecMetrics()
+        self.test_metrics = RecMetrics()
+        self._aux: Dict[str, torch.Tensor] = {}
+        self.extra_test_metrics: Dict[str, float] = {}
+
+    # ---- to be built by subclasses
+    @property
+    def interest_dim(self) -> int:
+        return self.hparams.embed_dim
+
+    def build_tower(self) -> None:
+        """Call at the end of a subclass __init__, once ``interest_dim`` is known."""
+        d = self.hparams.embed_dim
+        d_in = d + self.interest_dim + (d if self.interest_dim == d else 0) + (d if self.short_term else 0)
+        self.tower = Tower(d_in, self.hparams.tower_dims, self.hparams.dropout)
+
+    def interest(self, batch: Dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ---- shared pieces
+    def history(self, batch: Dict[str, torch.Tensor]):
+        """(hist_item_id, hist_query_id, hist_mask) cut to the model's ``max_len``."""
+        n = self.hparams.max_len
+        h, q, m = batch["hist_item_id"], batch["hist_query_id"], batch["hist_mask"]
+        if n is not None and n < h.shape[1]:
+            h, q, m = h[:, -n:], q[:, -n:], m[:, -n:]
+        return h, q, m
+
+    def target_vector(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.item_encoder.fused(batch["item_id"])
+
+    def add_aux_loss(self, name: str, value: torch.Tensor) -> None:
+        """Register an auxiliary loss (already weighted) for this step; logged as ``train/{name}``."""
+        self._aux[name] = value
+
+    def forward(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """CTR logits [B]."""
+        self._aux = {}
+        t = self.target_vector(batch)
+        u = self.interest(batch, t)
+        feats = [t, u] + ([t * u] if u.shape[-1] == t.shape[-1] else [])
+        if self.short_term is not None:
+            h, _, m = self.history(batch)
+            n = self.hparams.short_term_len
+            feats.append(self.short_term(t, self.item_encoder.fused(h[:, -n:]), m[:, -n:]))
+        return self.tower(torch.cat(feats, -1))
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "feature_tables"):
+            self.load_tables(dm.feature_tables())
+
+    def load_tables(self, tables) -> None:
+        self.item_encoder.load_tables(tables)
+        self.query_encoder.load_tables(tables)
+
+    def _shared_step(self, batch: Dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        logits = self(batch)
+        loss = F.binary_cross_entropy_with_logits(logits, batch["label"])
+        bs = batch["label"].shape[0]
+        if stage == "train":
+            total = loss + sum(self._aux.values()) if self._aux else loss
+            self.log("train/bce", loss, prog_bar=False, batch_size=bs)
+            for k, v in self._aux.items():
+                self.log(f"train/{k}", v, batch_size=bs)
+            self.log("train/loss", total, prog_bar=True, batch_size=bs)
+            return total
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics.update(torch.sigmoid(logits), batch["label"], batch["request_id"], batch["user_id"])
+        self.log(f"{stage}/loss", loss, batch_size=bs, sync_dist=True)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        return self._shared_step(batch, "test")
+
+    def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        return {"score": torch.sigmoid(self(batch)), "user_id": batch["user_id"],
+                "request_id": batch["request_id"], "item_id": batch["item_id"], "label": batch["label"]}
+
+    def _log_epoch(self, stage: str, metrics: RecMetrics) -> None:
+        vals = metrics.compute()
+        self.log_dict({f"{stage}/{k}": v for k, v in vals.items()}, prog_bar=False)
+        self.log(f"{stage}/auc_pb", vals["auc"], prog_bar=True, logger=False)
+        metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val", self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test", self.test_metrics)
+
+    def on_train_epoch_start(self) -> None:
+        # Reseed per epoch so dropout draws depend only on (seed, epoch): a fit resumed
+        # from a checkpoint continues exactly as the uninterrupted one would.
+        base = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        torch.manual_seed(base * 100_003 + self.current_epoch)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    # ---- hooks for `seminar-zoo experiment` (multi-stage models override them)
+    def before_fit(self, ctx) -> None:
+        """Called by `experiment` before fit (SEMINAR pretrains its PSU here)."""
+
+    def before_test(self, ctx) -> None:
+        """Called by `experiment` after fit, with the best weights loaded, before test."""

@@ -1,0 +1,401 @@
+"""Multi-modal product quantization for SEMINAR's GSU (arXiv 2407.10714, Sec. 3.4, "approximate retrieval").
+
+SEMINAR scores a target pair against every behaviour of a lifelong history with
+
+    q_t . k_l = (sum_i gamma_i x_t^(i))^T (sum_j gamma_j x_l^(j)),   l = 1..L            (exact, O(L M d))
+
+and approximates it with product quantization: every modality vector of a behaviour is cut into
+``n_sub`` sub-vectors, each replaced by the nearest of ``n_centroids`` k-means centroids of its
+(modality, sub-space) codebook, so a behaviour is stored as ``M x n_sub`` one-byte codes and its
+score is a sum of table look-ups.
+
+What this module computes, exactly
+----------------------------------
+Let ``k_hat_j`` be the quantized behaviour vector of modality j (its sub-vectors replaced by
+centroids).  The score we return is the double sum over modality pairs with the *behaviour* side
+quantized and the *target* side kept exact (asymmetric distance computation):
+
+    s_l = sum_i sum_j <t_i, k_hat_{l,j}>
+        = sum_j <sum_i t_i, k_hat_{l,j}>                         (bilinearity: fold the target sum first)
+        = sum_j sum_c <(sum_i t_i)[c], C[j, c, code_{l,j,c}]>     (k_hat_j is a concatenation of centroids)
+        = sum_j sum_c LUT[j, c, code_{l,j,c}]
+
+with ``LUT[j, c, k] = <(sum_i t_i) restricted to sub-space c, C[j, c, k]>``.  The folding is an
+identity, not an approximation: the folded table gives *exactly* the double sum over the M x M
+modality pairs of the per-pair tables (:meth:`MultiModalPQ.lut` with ``per_pair=True`` returns
+those, and :meth:`MultiModalPQ.score` accepts either).  It divides the look-up work by M:
+O(L M n_sub) gathers per request instead of the paper's O(L M^2 N_bit), and O(M K d) to build the
+table instead of O(M^2 K d).
+
+gamma weights and the GSU's per-modality projections G(j) are applied *upstream*: the caller
+passes already gamma-weighted, G(j)-projected behaviour vectors to :meth:`fit` / :meth:`encode`
+(``k_j = gamma_j G(j) x^(j)``) and the already weighted/projected target vectors (or their sum) to
+:meth:`lut`.  Because everything after them is linear, any further linear map shared by all
+modalities (a key projection W_K, a split into heads whose dot products are summed) can be applied
+the same way.
+
+Simplifications / differences from the reference implementation (``inference/eval_seminar_recall.py``)
+------------------------------------------------------------------------------------------------
+* The reference quantizes the target too and scores with centroid-centroid inner products
+  (symmetric); we keep the target exact (asymmetric), which is at least as accurate and costs the
+  same per behaviour because the table is built once per request.
+* Our own seeded, batched k-means (all ``M * n_sub`` codebooks at once, k-means++ or random
+  initialisation, fixed iterations, empty clusters re-seeded with the worst-quantized points)
+  instead of faiss' ProductQuantizer.
+* One codebook per (modality, sub-space); modalities must share the width ``dim``.
+
+Usage::
+
+    pq = MultiModalPQ(n_modalities=4, dim=64, n_sub=8, n_centroids=256, seed=0).fit(train)  # [N, M, d]
+    codes = pq.encode(history)              # [B, L, M, n_sub] uint8, cache once per history
+    table = pq.lut(target)                  # [B, M, n_sub, K]   (target [B, M, d] or fused [B, d])
+    scores = pq.score(table, codes, mask)   # [B, L], padding -> -inf
+    top_scores, top_idx = pq.topk(target, codes, k=50, mask=mask)
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+_LUT_DTYPES = ("float32", "float16", "int16")
+_BACKENDS = ("eager", "compile", "auto")
+
+
+def _gather_sum(lut_flat: torch.Tensor, codes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """[B, G*K] tables, [B, L, G] uint8 codes, [G] offsets (g*K) -> [B, L] sums of gathered entries."""
+    b, l, g = codes.shape
+    idx = (codes.long() + offsets).reshape(b, l * g)
+    vals = torch.gather(lut_flat, 1, idx).reshape(b, l, g)
+    acc = torch.int32 if not vals.is_floating_point() else torch.float32
+    return vals.sum(-1, dtype=acc)
+
+
+_COMPILED = {}
+
+
+def _compiled_gather_sum():
+    """torch.compile'd :func:`_gather_sum` (one fused loop reading the uint8 codes, no int64 index tensor)."""
+    if "fn" not in _COMPILED:
+        _COMPILED["fn"] = torch.compile(_gather_sum, dynamic=True)
+    return _COMPILED["fn"]
+
+
+class MultiModalPQ(nn.Module):
+    """Per-(modality, sub-space) product quantizer with look-up-table scoring (see module docstring).
+
+    Args:
+        n_modalities: M, the number of behaviour modalities.
+        dim: d, the width of every modality vector.
+        n_sub: sub-vectors per modality; must divide ``dim``.
+        n_centroids: centroids per codebook; at most 256 so codes fit in uint8.
+        n_iter: Lloyd iterations of k-means.
+        seed: seeds the training subsample and the initialisation.
+        init: ``"kmeans++"`` or ``"random"``.
+        max_points_per_centroid: :meth:`fit` subsamples at most this many training vectors per
+            centroid (as faiss does, whose own warning threshold is 39), which bounds the fitting cost.
+        init_points_per_centroid: k-means++ seeds on a subsample of at most this many points per centroid.
+        lut_dtype: ``float32`` | ``float16`` | ``int16``: the type of the tables gathered by
+            :meth:`score` (``int16`` tables are scaled per request and summed in int32; scores
+            come back as float32 in the original units, up to the table rounding).
+        backend: ``eager`` (batched torch.gather), ``compile`` (torch.compile of the same
+            gather-sum), or ``auto`` (compile where it works, else eager).
+        chunk_bytes: size of the [G, rows, K] distance blocks of fitting and encoding (a cache-sized
+            block is ~2x faster than one large one on CPU); eager scoring uses 8x this for its index blocks.
+    """
+
+    def __init__(self, n_modalities: int, dim: int, n_sub: int = 8, n_centroids: int = 256, n_iter: int = 15,
+                 seed: int = 0, init: str = "kmeans++", max_points_per_centroid: int = 64,
+                 init_points_per_centroid: int = 16,
+                 lut_dtype: str = "float32", backend: str = "eager", chunk_bytes: int = 2 << 20):
+        super().__init__()
+        if n_modalities < 1 or dim < 1:
+            raise ValueError(f"MultiModalPQ: n_modalities and dim must be >= 1, got {n_modalities}, {dim}")
+        if n_sub < 1 or dim % n_sub != 0:
+            raise ValueError(f"MultiModalPQ: n_sub={n_sub} must be >= 1 and divide dim={dim} "
+                             f"(valid: {[s for s in range(1, dim + 1) if dim % s == 0]})")
+        if not 2 <= n_centroids <= 256:
+            raise ValueError(f"MultiModalPQ: n_centroids={n_centroids} must be in [2, 256] so codes fit in uint8")
+        if init not in ("kmeans++", "random"):
+            raise ValueError(f"MultiModalPQ: init must be 'kmeans++' or 'random', got {init!r}")
+        if n_iter < 0:
+            raise ValueError(f"MultiModalPQ: n_iter must be >= 0, got {n_iter}")
+        if lut_dtype not in _LUT_DTYPES:
+            raise ValueError(f"MultiModalPQ: lut_dtype must be one of {_LUT_DTYPES}, got {lut_dtype!r}")
+        if backend not in _BACKENDS:
+            raise ValueError(f"MultiModalPQ: backend must be one of {_BACKENDS}, got {backend!r}")
+        self.n_modalities, self.dim, self.n_sub, self.n_centroids = n_modalities, dim, n_sub, n_centroids
+        self.sub_dim = dim // n_sub
+        self.n_iter, self.seed, self.init = n_iter, seed, init
+        self.max_points_per_centroid = max_points_per_centroid
+        self.init_points_per_centroid = init_points_per_centroid
+        self.lut_dtype, self.backend, self.chunk_bytes = lut_dtype, backend, chunk_bytes
+        self._compile_failed = False
+        self.register_buffer("codebooks", torch.zeros(n_modalities, n_sub, n_centroids, self.sub_dim))
+        self.register_buffer("is_fitted", torch.tensor(False))
+        self.register_buffer("_offsets", torch.arange(n_modalities * n_sub) * n_centroids, persistent=False)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def n_groups(self) -> int:
+        """M * n_sub: the number of codebooks (and of one-byte codes per behaviour)."""
+        return self.n_modalities * self.n_sub
+
+    @property
+    def bytes_per_behaviour(self) -> int:
+        return self.n_groups
+
+    def extra_repr(self) -> str:
+        return (f"M={self.n_modalities}, d={self.dim}, n_sub={self.n_sub}, n_centroids={self.n_centroids}, "
+                f"bytes/behaviour={self.bytes_per_behaviour}, fitted={bool(self.is_fitted)}")
+
+    # ------------------------------------------------------------------ checks
+    def _check_vectors(self, x: torch.Tensor, what: str) -> None:
+        if not torch.is_tensor(x) or x.dim() < 2 or tuple(x.shape[-2:]) != (self.n_modalities, self.dim):
+            shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f"MultiModalPQ.{what}: expected vectors [..., M={self.n_modalities}, d={self.dim}], "
+                             f"got {shape}")
+        if not x.is_floating_point():
+            raise ValueError(f"MultiModalPQ.{what}: vectors must be floating point, got {x.dtype}")
+
+    def _check_fitted(self, what: str) -> None:
+        if not bool(self.is_fitted):
+            raise RuntimeError(f"MultiModalPQ.{what}: the codebooks are not fitted; call fit(vectors) first "
+                               f"(or load a state_dict of a fitted quantizer)")
+
+    # ------------------------------------------------------------------ k-means
+    def _rows_per_chunk(self, g: int, k: int) -> int:
+        return max(1, self.chunk_bytes // (4 * g * k))
+
+    def _assign(self, x: torch.Tensor, c: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x [G, N, s], c [G, K, s] -> (nearest centroid [G, N] long, squared distance [G, N])."""
+        g, n, _ = x.shape
+        cn = (c * c).sum(-1).unsqueeze(1)  # [G, 1, K]
+        step = self._rows_per_chunk(g, c.shape[1])
+        idx, dist = [], []
+        for s in range(0, n, step):  # chunks of rows bound the [G, n, K] temporary; not a loop over elements
+            xs = x[:, s:s + step]
+            d = torch.baddbmm(cn, xs, c.transpose(1, 2), alpha=-2.0)  # ||c||^2 - 2 x.c
+            v, i = d.min(-1)
+            idx.append(i)
+            dist.append((v + (xs * xs).sum(-1)).clamp_min_(0))
+        return torch.cat(idx, 1), torch.cat(dist, 1)
+
+    def _init_centroids(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        g, n, s = x.shape
+        k = self.n_centroids
+        ar = torch.arange(g, device=x.device)
+        if self.init == "random":
+            order = torch.rand(g, n, generator=gen, device=x.device).argsort(1)
+            if n < k:  # fewer points than centroids: repeat (duplicates stay exact copies of points)
+                order = order.repeat(1, math.ceil(k / n))
+            return x[ar[:, None], order[:, :k]]
+        # k-means++ (D^2 sampling) on a subsample of at most ``init_points_per_centroid * K`` points, all G
+        # codebooks at once: K sequential steps (not a loop over the points)
+        m = min(n, self.init_points_per_centroid * k)
+        if m < n:
+            x = x[ar[:, None], torch.rand(g, n, generator=gen, device=x.device).argsort(1)[:, :m]]
+            n = m
+        xn = (x * x).sum(-1)  # [G, N]
+        first = torch.randint(n, (g,), generator=gen, device=x.device)
+        cents = [x[ar, first]]
+        d2 = (xn - 2 * torch.bmm(x, cents[0][..., None]).squeeze(-1) + xn[ar, first][:, None]).clamp_min_(0)
+        for _ in range(1, k):
+            cdf = d2.cumsum(1)
+            total = cdf[:, -1:]
+            dead = total <= 0  # every point already is a centroid: pick uniformly
+            cdf = torch.where(dead, torch.arange(1, n + 1, device=x.device, dtype=cdf.dtype), cdf)
+            u = torch.rand(g, 1, generator=gen, device=x.device) * cdf[:, -1:]
+            pick = torch.searchsorted(cdf, u).squeeze(1).clamp_max_(n - 1)
+            c = x[ar, pick]
+            cents.append(c)
+            dc = (xn - 2 * torch.bmm(x, c[..., None]).squeeze(-1) + xn[ar, pick][:, None]).clamp_min_(0)
+            d2 = torch.minimum(d2, dc)
+        return torch.stack(cents, 1)
+
+    @torch.no_grad()
+    def fit(self, vectors: torch.Tensor, mask: Optional[torch.Tensor] = None) -> "MultiModalPQ":
+        """Fit all ``M * n_sub`` codebooks on training behaviour vectors ``[..., M, d]`` (seeded k-means).
+
+        ``mask`` (same leading shape, bool) selects the real behaviours (padding excluded).
+        """
+        self._check_vectors(vectors, "fit")
+        x = vectors.detach().reshape(-1, self.n_modalities, self.dim).float()
+        if mask is not None:
+            if tuple(mask.shape) != tuple(vectors.shape[:-2]):
+                raise ValueError(f"MultiModalPQ.fit: mask shape {tuple(mask.shape)} must equal the vectors' "
+                                 f"leading shape {tuple(vectors.shape[:-2])}")
+            x = x[mask.reshape(-1).bool()]
+        n = x.shape[0]
+        if n == 0:
+            raise ValueError("MultiModalPQ.fit: no training vectors (empty input or all masked)")
+        if not torch.isfinite(x).all():
+            raise ValueError("MultiModalPQ.fit: training vectors contain NaN or inf")
+        gen = torch.Generator(device=x.device).manual_seed(self.seed)
+        cap = self.max_points_per_centroid * self.n_centroids
+        if n > cap:
+            x = x[torch.randperm(n, generator=gen, device=x.device)[:cap]]
+            n = cap
+        g, s, k = self.n_groups, self.sub_dim, self.n_centroids
+        # [N, M, d] -> [M, n_sub, N, s] -> [G, N, s]
+        xg = x.reshape(n, self.n_modalities, self.n_sub, s).permute(1, 2, 0, 3).reshape(g, n, s).contiguous()
+        c = self._init_centroids(xg, gen)
+        ar = torch.arange(g, device=x.device)
+        for _ in range(self.n_iter):
+            assign, dist = self._assign(xg, c)
+            sums = torch.zeros(g, k, s, device=x.device).scatter_add_(1, assign[..., None].expand(-1, -1, s), xg)
+            counts = torch.zeros(g, k, device=x.device).scatter_add_(1, assign, torch.ones_like(dist))
+            new = sums / counts.clamp_min(1.0)[..., None]
+            empty = counts == 0
+            if bool(empty.any()):
+                # re-seed empty clusters with the worst-quantized points of their codebook (vectorised:
+                # the r-th empty cluster of codebook g takes the r-th farthest point of g)
+                far = dist.topk(min(k, n), dim=1).indices  # [G, min(K, N)]
+                rank = (empty.long().cumsum(1) - 1).clamp(0, far.shape[1] - 1)
+                repl = xg[ar[:, None], far.gather(1, rank)]  # [G, K, s]
+                new = torch.where(empty[..., None], repl, new)
+            c = new
+        self.codebooks.copy_(c.reshape(self.n_modalities, self.n_sub, k, s))
+        self.is_fitted.fill_(True)
+        return self
+
+    # ------------------------------------------------------------------ codes
+    @torch.no_grad()
+    def encode(self, vectors: torch.Tensor) -> torch.Tensor:
+        """``[..., M, d]`` float -> ``[..., M, n_sub]`` uint8 codes (nearest centroid per sub-vector).
+
+        Compute once per history and cache: a history of L behaviours is L * M * n_sub bytes.
+        """
+        self._check_fitted("encode")
+        self._check_vectors(vectors, "encode")
+        lead = vectors.shape[:-2]
+        x = vectors.detach().reshape(-1, self.n_modalities, self.n_sub, self.sub_dim).to(self.codebooks)
+        n = x.shape[0]
+        xg = x.permute(1, 2, 0, 3).reshape(self.n_groups, n, self.sub_dim)
+        cb = self.codebooks.reshape(self.n_groups, self.n_centroids, self.sub_dim)
+        idx, _ = self._assign(xg, cb)  # [G, N]
+        return idx.to(torch.uint8).t().reshape(*lead, self.n_modalities, self.n_sub)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """``[..., M, n_sub]`` codes -> ``[..., M, d]`` reconstructed (quantized) vectors."""
+        self._check_fitted("decode")
+        self._check_codes(codes, "decode")
+        lead = codes.shape[:-2]
+        c = codes.reshape(-1, self.n_groups).long().t()  # [G, N]
+        cb = self.codebooks.reshape(self.n_groups, self.n_centroids, self.sub_dim)
+        rec = cb[torch.arange(self.n_groups, device=c.device)[:, None], c]  # [G, N, s]
+        return rec.permute(1, 0, 2).reshape(*lead, self.n_modalities, self.dim)
+
+    def _check_codes(self, codes: torch.Tensor, what: str) -> None:
+        if codes.dtype != torch.uint8 or codes.dim() < 2 or tuple(codes.shape[-2:]) != (self.n_modalities, self.n_sub):
+            raise ValueError(f"MultiModalPQ.{what}: expected uint8 codes [..., M={self.n_modalities}, "
+                             f"n_sub={self.n_sub}] from encode(), got {codes.dtype} {tuple(codes.shape)}")
+
+    # ------------------------------------------------------------------ look-up tables and scores
+    def lut(self, target: torch.Tensor, per_pair: bool = False, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Per-request look-up tables.
+
+        ``target``: ``[B, M_t, d]`` per-modality target vectors (gamma-weighted, projected), or their
+        sum ``[B, d]``.  Returns the folded table ``[B, M, n_sub, K]`` with
+        ``T[b, j, c, k] = <(sum_i target[b, i])[c], C[j, c, k]>``, or with ``per_pair=True`` the
+        per-modality-pair tables ``[B, M_t, M, n_sub, K]`` whose sum over ``M_t`` is the folded one.
+
+        ``weights`` (optional, ``[M]`` or ``[B, M]``) multiplies the table of behaviour modality j by
+        ``weights[j]``: the score then equals sum_j w_j <t, k_hat_j>, so per-request modality weights
+        (gamma_j, or SEMINAR's query/item lambda) can change without re-encoding the cached codes.
+        """
+        self._check_fitted("lut")
+        if target.dim() == 2 and target.shape[-1] == self.dim:
+            if per_pair:
+                raise ValueError("MultiModalPQ.lut: per_pair=True needs per-modality targets [B, M_t, d]")
+            t = target
+        elif target.dim() == 3 and target.shape[-1] == self.dim:
+            t = target if per_pair else target.sum(1)
+        else:
+            raise ValueError(f"MultiModalPQ.lut: expected target [B, M_t, d={self.dim}] or fused [B, d={self.dim}], "
+                             f"got {tuple(target.shape)}")
+        t = t.to(self.codebooks.dtype)
+        ts = t.reshape(*t.shape[:-1], self.n_sub, self.sub_dim)
+        out = (torch.einsum("bics,jcks->bijck", ts, self.codebooks) if per_pair
+               else torch.einsum("bcs,jcks->bjck", ts, self.codebooks))
+        if weights is not None:
+            w = weights.to(out)
+            if w.dim() == 1:
+                w = w.unsqueeze(0)
+            if w.dim() != 2 or w.shape[-1] != self.n_modalities or w.shape[0] not in (1, out.shape[0]):
+                raise ValueError(f"MultiModalPQ.lut: weights must be [M={self.n_modalities}] or "
+                                 f"[B={out.shape[0]}, M], got {tuple(weights.shape)}")
+            w = w[:, None, :, None, None] if per_pair else w[:, :, None, None]
+            out = out * w
+        return out
+
+    def _use_compile(self) -> bool:
+        return self.backend != "eager" and not self._compile_failed
+
+    def score(self, lut: torch.Tensor, codes: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Approximate scores ``[B, L]``: the sum over (modality, sub-space) of table entries gathered by the codes.
+
+        ``lut``: from :meth:`lut` (folded ``[B, M, n_sub, K]`` or per-pair ``[B, M_t, M, n_sub, K]``);
+        ``codes``: ``[B, L, M, n_sub]`` uint8; ``mask``: ``[B, L]`` bool, False (padding) -> -inf.
+        """
+        self._check_codes(codes, "score")
+        if codes.dim() != 4:
+            raise ValueError(f"MultiModalPQ.score: codes must be [B, L, M, n_sub], got {tuple(codes.shape)}")
+        if lut.dim() == 5:
+            lut = lut.sum(1)
+        k = self.n_centroids
+        if lut.dim() != 4 or tuple(lut.shape[1:]) != (self.n_modalities, self.n_sub, k):
+            raise ValueError(f"MultiModalPQ.score: lut must be [B, M={self.n_modalities}, n_sub={self.n_sub}, "
+                             f"K={k}] (from lut()), got {tuple(lut.shape)}")
+        b, l = codes.shape[:2]
+        if lut.shape[0] != b:
+            raise ValueError(f"MultiModalPQ.score: lut batch {lut.shape[0]} != codes batch {b}")
+        if mask is not None and tuple(mask.shape) != (b, l):
+            raise ValueError(f"MultiModalPQ.score: mask must be [B, L]=({b}, {l}), got {tuple(mask.shape)}")
+        flat = lut.reshape(b, self.n_groups * k)
+        scale = None
+        if self.lut_dtype == "float16":
+            flat = flat.half()
+        elif self.lut_dtype == "int16":
+            # per-request scale so that the sum of G entries cannot overflow int32 and entries fit int16
+            scale = flat.abs().amax(1, keepdim=True).clamp_min(1e-30) / 32767.0
+            flat = torch.round(flat / scale).to(torch.int16)
+        codes = codes.reshape(b, l, self.n_groups)
+        offsets = self._offsets.to(codes.device)
+        out = None
+        if self._use_compile():
+            try:
+                out = _compiled_gather_sum()(flat, codes, offsets)
+            except Exception:  # no C++ toolchain, unsupported dtype, ...: fall back to eager
+                if self.backend == "compile":
+                    raise
+                self._compile_failed = True
+        if out is None:
+            step = max(1, 8 * self.chunk_bytes // (8 * self.n_groups * b))
+            out = torch.cat([_gather_sum(flat, codes[:, s:s + step], offsets) for s in range(0, l, step)], 1)
+        out = out.float()
+        if scale is not None:
+            out = out * scale
+        if mask is not None:
+            out = out.masked_fill(~mask.bool(), float("-inf"))
+        return out
+
+    def topk(self, target: torch.Tensor, codes: torch.Tensor, k: int,
+             mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Top-k behaviours by approximate score: ``(scores [B, k'], indices [B, k'])``, k' = min(k, L).
+
+        Where fewer than k behaviours are real, the tail holds padded positions with score -inf.
+        """
+        s = self.score(self.lut(target), codes, mask)
+        return s.topk(min(k, s.shape[1]), dim=1)
+
+    @staticmethod
+    def exact_score(target: torch.Tensor, vectors: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Reference: sum_i sum_j <target_i, vectors_j>, target [B, M_t, d] or [B, d], vectors [B, L, M, d]."""
+        t = target.sum(1) if target.dim() == 3 else target
+        s = torch.einsum("bd,bld->bl", t, vectors.sum(2))
+        if mask is not None:
+            s = s.masked_fill(~mask.bool(), float("-inf"))
+        return s

@@ -1,0 +1,168 @@
+"""MultiModalPQ: exactness, monotone recall, codes, errors, state_dict, determinism, masking."""
+import pytest
+import torch
+
+from seminar_zoo.modules.quantization import MultiModalPQ
+
+M, D = 3, 16
+
+
+def _clustered(n_users, length, seed, n_topics=8):
+    """Topic-clustered per-modality vectors with different norms per modality."""
+    g = torch.Generator().manual_seed(seed)
+    world = torch.Generator().manual_seed(99)
+    centres = torch.randn(n_topics, M, D, generator=world)
+    norms = torch.tensor([1.0, 0.5, 4.0])[:, None]
+    topics = torch.randint(n_topics, (n_users, length), generator=g)
+    v = centres[topics] + 0.7 * torch.randn(n_users, length, M, D, generator=g)
+    v = norms * v / v.norm(dim=-1, keepdim=True)
+    t = centres[torch.randint(n_topics, (n_users,), generator=g)] + 0.7 * torch.randn(n_users, M, D, generator=g)
+    return norms * t / t.norm(dim=-1, keepdim=True), v
+
+
+def _recall(approx, exact, k):
+    a, e = approx.topk(k).indices, exact.topk(k).indices
+    return sum(len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a, e)) / (k * a.shape[0])
+
+
+def test_exact_when_centroids_cover_all_distinct_subvectors():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(12, M, D, generator=g) * torch.tensor([1.0, 0.3, 5.0])[:, None]
+    train = base[torch.randint(12, (300,), generator=g)]
+    hist = base[torch.randint(12, (2, 40), generator=g)]
+    target = torch.randn(2, M, D, generator=g)
+    pq = MultiModalPQ(M, D, n_sub=4, n_centroids=16, seed=0).fit(train)
+    codes = pq.encode(hist)
+    exact = MultiModalPQ.exact_score(target, hist)
+    # the double sum over all M x M modality pairs, computed naively
+    naive = sum((target[:, i, None, :] * hist[:, :, j, :]).sum(-1) for i in range(M) for j in range(M))
+    assert torch.allclose(exact, naive, atol=1e-4)
+    assert torch.allclose(pq.score(pq.lut(target), codes), exact, atol=1e-4)
+    # folded table == sum of the per-modality-pair tables; a fused [B, d] target gives the same
+    assert torch.allclose(pq.lut(target, per_pair=True).sum(1), pq.lut(target), atol=1e-5)
+    assert torch.allclose(pq.score(pq.lut(target, per_pair=True), codes), exact, atol=1e-4)
+    assert torch.allclose(pq.score(pq.lut(target.sum(1)), codes), exact, atol=1e-4)
+    # per-request behaviour-modality weights: sum_j w_j <t, k_j>
+    w = torch.tensor([0.5, 2.0, 0.1])
+    weighted = MultiModalPQ.exact_score(target, hist * w[:, None])
+    assert torch.allclose(pq.score(pq.lut(target, weights=w), codes), weighted, atol=1e-4)
+    assert torch.allclose(pq.decode(codes), hist, atol=1e-5)
+
+
+def test_lower_precision_tables_stay_close():
+    target, hist = _clustered(2, 200, seed=1)
+    pq = MultiModalPQ(M, D, n_sub=4, n_centroids=32, seed=0).fit(hist.reshape(-1, M, D))
+    codes, table = pq.encode(hist), pq.lut(target)
+    ref = pq.score(table, codes)
+    for dt, tol in (("float16", 5e-3), ("int16", 1e-3)):
+        pq.lut_dtype = dt
+        got = pq.score(table, codes)
+        assert got.dtype == torch.float32
+        assert (got - ref).abs().max() <= tol * ref.abs().max()
+
+
+def test_recall_rises_monotonically_with_n_centroids():
+    _, train = _clustered(8, 512, seed=2)
+    target, hist = _clustered(16, 400, seed=3)
+    exact = MultiModalPQ.exact_score(target, hist)
+    recalls = []
+    for k in (2, 8, 32, 128):
+        pq = MultiModalPQ(M, D, n_sub=4, n_centroids=k, seed=0, n_iter=10).fit(train.reshape(-1, M, D))
+        recalls.append(_recall(pq.score(pq.lut(target), pq.encode(hist)), exact, 10))
+    assert all(b >= a for a, b in zip(recalls, recalls[1:])), recalls
+    assert recalls[-1] > recalls[0] + 0.2, recalls
+
+
+def test_codes_are_uint8_and_history_bytes():
+    _, hist = _clustered(2, 50, seed=4)
+    pq = MultiModalPQ(M, D, n_sub=8, n_centroids=256, seed=0).fit(hist.reshape(-1, M, D))
+    codes = pq.encode(hist)
+    assert codes.dtype == torch.uint8 and codes.shape == (2, 50, M, 8)
+    assert codes.numel() * codes.element_size() == 2 * 50 * pq.bytes_per_behaviour
+    assert pq.bytes_per_behaviour == M * 8
+
+
+def test_bad_arguments_give_clear_errors():
+    with pytest.raises(ValueError, match="n_sub=5 must .* divide dim=16"):
+        MultiModalPQ(M, D, n_sub=5)
+    with pytest.raises(ValueError, match="n_centroids=257 .*uint8"):
+        MultiModalPQ(M, D, n_sub=4, n_centroids=257)
+    with pytest.raises(ValueError, match="lut_dtype"):
+        MultiModalPQ(M, D, lut_dtype="int8")
+    pq = MultiModalPQ(M, D, n_sub=4, n_centroids=4)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        pq.encode(torch.randn(5, M, D))
+    with pytest.raises(ValueError, match=r"expected vectors \[..., M=3, d=16\]"):
+        pq.fit(torch.randn(5, M, D + 1))
+    with pytest.raises(ValueError, match="NaN"):
+        pq.fit(torch.full((5, M, D), float("nan")))
+    pq.fit(torch.randn(40, M, D))
+    with pytest.raises(ValueError, match="uint8 codes"):
+        pq.score(pq.lut(torch.randn(1, M, D)), torch.zeros(1, 5, M, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="mask must be"):
+        pq.score(pq.lut(torch.randn(1, M, D)), torch.zeros(1, 5, M, 4, dtype=torch.uint8), torch.ones(1, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="target"):
+        pq.lut(torch.randn(1, M, D + 2))
+
+
+def test_state_dict_round_trip():
+    _, hist = _clustered(2, 100, seed=5)
+    pq = MultiModalPQ(M, D, n_sub=4, n_centroids=16, seed=0).fit(hist.reshape(-1, M, D))
+    sd = pq.state_dict()
+    assert set(sd) == {"codebooks", "is_fitted"}
+    fresh = MultiModalPQ(M, D, n_sub=4, n_centroids=16)
+    assert not bool(fresh.is_fitted)
+    fresh.load_state_dict(sd)
+    assert bool(fresh.is_fitted)
+    assert torch.equal(fresh.encode(hist), pq.encode(hist))
+
+
+def test_fit_and_encode_deterministic_per_seed():
+    _, hist = _clustered(2, 300, seed=6)
+    x = hist.reshape(-1, M, D)
+    for init in ("kmeans++", "random"):
+        a = MultiModalPQ(M, D, n_sub=4, n_centroids=16, seed=3, init=init).fit(x)
+        b = MultiModalPQ(M, D, n_sub=4, n_centroids=16, seed=3, init=init).fit(x)
+        c = MultiModalPQ(M, D, n_sub=4, n_centroids=16, seed=4, init=init).fit(x)
+        assert torch.equal(a.codebooks, b.codebooks)
+        assert torch.equal(a.encode(hist), b.encode(hist))
+        assert not torch.equal(a.codebooks, c.codebooks)
+
+
+def test_fit_handles_fewer_points_than_centroids_and_empty_clusters():
+    x = torch.randn(5, M, D)
+    for init in ("kmeans++", "random"):
+        pq = MultiModalPQ(M, D, n_sub=2, n_centroids=32, seed=0, init=init).fit(x)
+        assert torch.isfinite(pq.codebooks).all()
+        assert torch.allclose(pq.decode(pq.encode(x)), x, atol=1e-5)
+
+
+def test_padding_is_masked_in_scores_topk_and_fit():
+    target, hist = _clustered(2, 30, seed=7)
+    mask = torch.ones(2, 30, dtype=torch.bool)
+    mask[:, :10] = False  # left padding, as in the DataModule
+    hist = hist.clone()
+    hist[:, :10] = 100.0  # padding rows that would win every score if not masked
+    pq = MultiModalPQ(M, D, n_sub=4, n_centroids=8, seed=0).fit(hist, mask=mask)
+    assert pq.codebooks.abs().max() < 50  # the padding rows did not enter the codebooks
+    s = pq.score(pq.lut(target), pq.encode(hist), mask)
+    assert torch.isinf(s[:, :10]).all() and (s[:, :10] < 0).all()
+    assert torch.isfinite(s[:, 10:]).all()
+    _, idx = pq.topk(target, pq.encode(hist), k=5, mask=mask)
+    assert (idx >= 10).all()
+    with pytest.raises(ValueError, match="all masked"):
+        pq.fit(hist, mask=torch.zeros(2, 30, dtype=torch.bool))
+
+
+def test_no_python_loop_over_length_large_history_is_fast():
+    """Scoring 2 x 20,000 behaviours is one batched gather (well under a second even on a busy CPU)."""
+    import time
+
+    _, train = _clustered(4, 256, seed=8)
+    pq = MultiModalPQ(M, D, n_sub=4, n_centroids=16, seed=0).fit(train.reshape(-1, M, D))
+    target, hist = _clustered(2, 20_000, seed=9)
+    codes = pq.encode(hist)
+    t0 = time.perf_counter()
+    s = pq.score(pq.lut(target), codes)
+    assert s.shape == (2, 20_000)
+    assert time.perf_counter() - t0 < 2.0

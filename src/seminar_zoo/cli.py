@@ -6,6 +6,7 @@
 * ``experiment --config CFG --data.path DIR --run_dir RUN [overrides]``: fit, then
   test the best checkpoint, write ``RUN/metrics.json``.
 * ``prepare synthetic|movielens|kuaisar|amazon ...``: build a dataset folder.
+* ``check-data DIR...``: validate dataset folders against the contract.
 * ``sweep``, ``compare``, ``bench``: see their own ``--help``.
 
 Bad input (``DatasetError``) prints one clear message and exits with code 2.
@@ -50,6 +51,20 @@ def _make_cli_class():
                 self.seconds += time.perf_counter() - self._t
                 self.rows += int(batch["label"].shape[0]) * trainer.world_size
 
+    class LastCheckpoint(ModelCheckpoint):
+        """Writes ``last.ckpt`` after every training epoch (validation included), whether or not
+        the monitored metric improved, so ``fit --ckpt_path last`` always resumes the latest epoch."""
+
+        def __init__(self, dirpath: str):
+            super().__init__(dirpath=dirpath, monitor=None, save_top_k=0, save_last=True)
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            if not self._should_skip_saving_checkpoint(trainer):
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+        def on_validation_end(self, trainer, pl_module):
+            pass
+
     class ZooCLI(LightningCLI):
         def __init__(self, *args, **kwargs):
             kwargs.setdefault("save_config_kwargs", {"overwrite": True})
@@ -69,7 +84,7 @@ def _make_cli_class():
             parser.link_arguments("data.data_meta", "model.init_args.data_meta", apply_on="instantiate")
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
             parser.set_defaults({"checkpoint.monitor": "val/auc", "checkpoint.mode": "max",
-                                 "checkpoint.save_last": True, "checkpoint.filename": "best-{epoch}"})
+                                 "checkpoint.save_last": False, "checkpoint.filename": "best-{epoch}"})
 
         def _cfg(self):
             return self.config[self.subcommand] if self.subcommand else self.config
@@ -88,10 +103,25 @@ def _make_cli_class():
             if cfg.trainer.callbacks is None:
                 cfg.trainer.callbacks = []
 
+        def after_test(self) -> None:
+            """`seminar-zoo test` writes metrics.json next to the checkpoint it tested."""
+            if not self.trainer.is_global_zero:
+                return
+            ckpt = self._cfg().get("ckpt_path")
+            folder = Path(ckpt).parent if ckpt and os.path.exists(str(ckpt)) else Path(self.trainer.default_root_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            res = {k: float(v) for k, v in self.trainer.callback_metrics.items()
+                   if k.startswith("test/") and k != "test/auc_pb"}
+            res.update({"model": type(self.model).__name__, "checkpoint": str(ckpt),
+                        "world_size": self.trainer.world_size,
+                        "n_test": int(self.datamodule.splits["test"].n_samples)})
+            _atomic_json(folder / "metrics.json", res)
+
         def instantiate_trainer(self, **kwargs):
             self.throughput = ThroughputMonitor()
             extra = kwargs.pop("callbacks", None) or []
-            return super().instantiate_trainer(callbacks=[*extra, self.throughput], **kwargs)
+            last = LastCheckpoint(self._cfg().checkpoint.dirpath)
+            return super().instantiate_trainer(callbacks=[*extra, self.throughput, last], **kwargs)
 
     return ZooCLI
 
@@ -166,7 +196,9 @@ def experiment_main(argv: List[str]) -> dict:
     model.before_fit(ctx)
     trainer.fit(model, dm)
     fit_seconds = time.time() - t0
-    best = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+    ckpts = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
+    best = ckpts[0].best_model_path if ckpts else ""
+    best = best or next((c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path), "")
     if best:
         state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
         model.load_state_dict(state)
@@ -249,6 +281,12 @@ def main(argv: Optional[List[str]] = None) -> None:
             experiment_main(rest)
         elif verb == "prepare":
             prepare_main(rest)
+        elif verb == "check-data":
+            from .data.schema import validate_dataset
+
+            for d in rest:
+                t = validate_dataset(d)
+                print(f"{d}: ok ({t.meta.get('n_users')} users, {t.n_items} items, {len(t.events['user_id'])} events)")
         elif verb in ("sweep", "compare"):
             _dispatch(f"seminar_zoo.{verb}", rest, verb)
         elif verb == "bench":

@@ -21,7 +21,8 @@ Protocols (DESIGN.md, "Evaluation protocol"):
 
 A batch is a dict of tensors: ``item_id``, ``query_id``, ``label``, ``user_id``,
 ``request_id`` with shape [B]; ``hist_item_id``, ``hist_query_id``, ``hist_mask``
-with shape [B, max_len], chronological and right-aligned (the most recent
+with shape [B, L], L = min(max_len, the longest history in the batch),
+chronological and right-aligned (the most recent
 behaviour is at index -1; padding, id 0, on the left). Attributes and text/image
 embeddings are looked up by id from :meth:`feature_tables`, held by the model.
 """
@@ -72,12 +73,33 @@ class SequenceStore:
         """Global index one past the last behaviour of ``user`` strictly before ``ts``."""
         return np.searchsorted(self.key, user * _KEY + ts, side="left")
 
+    def _windows(self, max_len: int):
+        # [n + 1, max_len] strided views over the arrays left-padded with max_len zeros:
+        # row e holds behaviours e - max_len .. e - 1, so a batch gather is one fancy-index copy.
+        if getattr(self, "_win_len", None) != max_len:
+            pad = np.zeros(max_len, np.int64)
+            self._pad_item = np.concatenate([pad, self.item])
+            self._pad_query = np.concatenate([pad, self.query])
+            view = np.lib.stride_tricks.sliding_window_view
+            self._win = (view(self._pad_item, max_len), view(self._pad_query, max_len))
+            self._win_len = max_len
+        return self._win
+
     def gather(self, user: np.ndarray, end: np.ndarray, max_len: int):
-        start = self.offsets[user]
-        idx = end[:, None] - max_len + np.arange(max_len)[None, :]
-        mask = idx >= start[:, None]
-        idx = np.where(mask, idx, 0)
-        return np.where(mask, self.item[idx], 0), np.where(mask, self.query[idx], 0), mask
+        """Right-aligned [B, L] histories, L = min(max_len, longest history in the batch)."""
+        n_hist = np.minimum(end - self.offsets[user], max_len)
+        width = int(n_hist.max()) if len(n_hist) else 1
+        width = max(width, 1)
+        w_item, w_query = self._windows(max_len)
+        rows = end  # window row e ends just before global index e
+        mask = np.arange(max_len - width, max_len)[None, :] >= (max_len - n_hist)[:, None]
+        item = w_item[rows, max_len - width:] * mask
+        query = w_query[rows, max_len - width:] * mask
+        return item, query, mask
+
+    def __getstate__(self):
+        # the padded copies are rebuilt lazily in each worker instead of being pickled
+        return {k: v for k, v in self.__dict__.items() if k not in ("_win", "_pad_item", "_pad_query", "_win_len")}
 
 
 class SampleSet(Dataset):
@@ -290,23 +312,28 @@ class LifelongSequenceDataModule(pl.LightningDataModule):
         """[S, 1 + n_eval_negatives]: the target, then distinct items the user never interacted with."""
         n_neg = self.hparams.n_eval_negatives
         rng = np.random.default_rng([self.hparams.seed, salt])
-        seen = np.unique(st.user * (n_items + 1) + st.item)
+        seen = np.sort(st.user * (n_items + 1) + st.item)  # membership by binary search
         out = np.zeros((len(user), n_neg), np.int64)
         todo = np.arange(len(user))
+        big = np.int64(n_items + 1)  # sentinel for rejected draws, sorts last
         for _ in range(20):
             if not len(todo):
                 break
-            m = min(n_items, 3 * n_neg + 10)
+            m = min(4 * n_items, 3 * n_neg + 10)
             draw = rng.integers(1, n_items + 1, (len(todo), m))
             key = user[todo, None] * (n_items + 1) + draw
-            bad = np.isin(key, seen)
-            flat = (np.arange(len(todo))[:, None] * (n_items + 1) + draw).ravel()
-            first = np.zeros(flat.shape, bool)
-            first[np.unique(flat, return_index=True)[1]] = True
-            good = ~bad & first.reshape(draw.shape)
-            enough = good.sum(1) >= n_neg
-            pick = np.argsort(~good, axis=1, kind="stable")[:, :n_neg]
-            out[todo[enough]] = np.take_along_axis(draw, pick, 1)[enough]
+            pos = np.minimum(np.searchsorted(seen, key), len(seen) - 1)
+            draw = np.where(seen[pos] == key, big, draw)
+            draw.sort(axis=1)
+            dup = np.zeros_like(draw, dtype=bool)
+            dup[:, 1:] = draw[:, 1:] == draw[:, :-1]
+            draw = np.where(dup, big, draw)
+            draw.sort(axis=1)
+            enough = draw[:, n_neg - 1] < big
+            # sorted by id after de-duplication: shuffle so list order carries no signal
+            sel = draw[enough, :n_neg]
+            sel = np.take_along_axis(sel, np.argsort(rng.random(sel.shape), axis=1), 1)
+            out[todo[enough]] = sel
             todo = todo[~enough]
         if len(todo):
             u = int(user[todo[0]])

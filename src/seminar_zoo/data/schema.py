@@ -220,9 +220,10 @@ def validate_dataset(path) -> Tables:
         if not present[1:].all():
             missing = int(np.flatnonzero(~present[1:])[0]) + 1
             raise _err(str(fe), "user_id", None, f"user {missing} has no events (meta.json n_users={n_users})")
-    pos_users = np.unique(u[lab == 1])
-    if len(pos_users) < len(np.unique(u)):
-        missing = np.setdiff1d(np.unique(u), pos_users)[0]
+    has_event = np.bincount(u) > 0
+    has_pos = np.bincount(u[lab == 1], minlength=len(has_event)) > 0
+    if (has_event & ~has_pos).any():
+        missing = int(np.flatnonzero(has_event & ~has_pos)[0])
         raise _err(str(fe), "user_id", _first(u == missing), f"user {missing} has no positive (label 1) events: empty sequence")
     return Tables(meta, item_attr, _pad(item_text), _pad(item_image), _pad(query_text), ev)
 

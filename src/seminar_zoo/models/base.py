@@ -142,11 +142,12 @@ class RecModel(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test", self.test_metrics)
 
-    def on_train_epoch_start(self) -> None:
-        # Reseed per epoch so dropout draws depend only on (seed, epoch): a fit resumed
-        # from a checkpoint continues exactly as the uninterrupted one would.
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        # Reseed per step so dropout draws depend only on (seed, global_step): a fit resumed
+        # from a checkpoint continues exactly as the uninterrupted one would, whatever else
+        # (dataloader iterators, validation) consumed the global RNG in between.
         base = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        torch.manual_seed(base * 100_003 + self.current_epoch)
+        torch.manual_seed(base * 1_000_003 + self.global_step)
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -1,0 +1,116 @@
+"""LifelongSequenceDataModule: no leakage, masks, protocols, negatives, workers."""
+import numpy as np
+import torch
+
+from seminar_zoo.data.datamodule import LifelongSequenceDataModule
+
+
+
+def test_history_strictly_before_sample(tiny_dm):
+    st = tiny_dm.store
+    for name, ds in tiny_dm.splits.items():
+        b = ds.__getitems__(list(range(0, len(ds), max(1, len(ds) // 300))))
+        s = np.arange(0, len(ds), max(1, len(ds) // 300)) // ds.per_sample
+        # the target behaviour's own ts: every gathered behaviour must be earlier
+        user_start = st.offsets[ds.user[s]]
+        assert (ds.end[s] > user_start).all()  # never an empty history
+        last_hist_ts = st.ts[ds.end[s] - 1]
+        tgt_global = np.searchsorted(st.key, ds.user[s] * (1 << 34) + last_hist_ts, side="right")
+        tgt_ts = st.ts[np.minimum(tgt_global, len(st.ts) - 1)]
+        assert (last_hist_ts < tgt_ts).all()
+        # the most recent behaviour sits at index -1 and padding is on the left
+        m = b["hist_mask"].numpy()
+        assert m[:, -1].all()
+        assert (np.diff(m.astype(int), axis=1) >= 0).all()
+        assert (b["hist_item_id"].numpy()[~m] == 0).all()
+        assert (b["hist_item_id"].numpy()[m] > 0).all()
+
+
+def test_ranking_history_matches_sequence(tiny_dm):
+    st, ds = tiny_dm.store, tiny_dm.splits["test"]
+    b = ds.__getitems__([0])
+    u = int(ds.user[0])
+    seq = st.item[st.offsets[u]:st.offsets[u + 1]]
+    assert b["item_id"].item() == seq[-1]  # test target = last behaviour
+    L = tiny_dm.hparams.max_len
+    assert b["hist_item_id"][0].tolist() == seq[-1 - L:-1].tolist()
+
+
+def test_eval_candidates_are_unseen_distinct_and_seeded(tiny_data):
+    dm1 = LifelongSequenceDataModule(str(tiny_data), max_len=20, seed=3)
+    dm2 = LifelongSequenceDataModule(str(tiny_data), max_len=20, seed=3)
+    dm1.setup(), dm2.setup()
+    c = dm1.splits["test"].candidates
+    assert c.shape[1] == 100
+    assert np.array_equal(c, dm2.splits["test"].candidates)
+    st = dm1.store
+    for i in range(0, len(c), 17):
+        u = dm1.splits["test"].user[i]
+        seen = set(st.item[st.offsets[u]:st.offsets[u + 1]].tolist())
+        assert len(set(c[i, 1:].tolist())) == 99
+        assert not (set(c[i, 1:].tolist()) & seen)
+    b = dm1.splits["test"].__getitems__(list(range(200)))
+    assert b["label"].sum().item() == 2 and b["label"][0] == 1 and b["label"][100] == 1
+    assert b["request_id"][:100].unique().numel() == 1
+
+
+def test_train_negatives_depend_on_epoch_and_are_reproducible(tiny_dm):
+    ds = tiny_dm.splits["train"]
+    n = len(ds)
+    a = ds.__getitems__([1, 3, 5])["item_id"]
+    b = ds.__getitems__([1, 3, 5])["item_id"]
+    c = ds.__getitems__([n + 1, n + 3, n + 5])["item_id"]  # same rows, next epoch
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    labels = ds.__getitems__(list(range(0, 10)))["label"]
+    assert labels.tolist() == [1, 0] * 5
+
+
+def test_train_window_and_cold_items(tiny_dm, tiny_data):
+    import json
+
+    meta = json.loads((tiny_data / "meta.json").read_text())
+    ds = tiny_dm.splits["train"]
+    per_user = np.bincount(ds.user)
+    assert per_user.max() <= tiny_dm.hparams.train_window
+    cold = set(meta["cold_items"])
+    assert not (set(ds.item.tolist()) & cold)  # cold items are never training targets
+    assert set(tiny_dm.splits["test"].item.tolist()) & cold  # ...but do appear as test targets
+
+
+def test_ctr_protocol(tiny_data):
+    dm = LifelongSequenceDataModule(str(tiny_data), protocol="ctr", max_len=30)
+    dm.setup()
+    te = dm.splits["test"]
+    assert set(np.unique(te.label).tolist()) == {0.0, 1.0}
+    # one request per user in test; every row of a request shares the history end
+    for r in np.unique(te.group)[:20]:
+        m = te.group == r
+        assert len(np.unique(te.user[m])) == 1 and len(np.unique(te.end[m])) == 1
+    # test requests are later than val requests for each user
+    va = dm.splits["val"]
+    for u in np.unique(te.user)[:20]:
+        assert te.end[te.user == u].min() > va.end[va.user == u].max()
+
+
+def test_workers_give_same_batches(tiny_data):
+    batches = []
+    for nw in (0, 2):
+        dm = LifelongSequenceDataModule(str(tiny_data), max_len=20, batch_size=32, num_workers=nw)
+        dm.setup()
+        it = iter(dm.train_dataloader())
+        batches.append([next(it) for _ in range(3)])
+    for x, y in zip(*batches):
+        for k in x:
+            assert torch.equal(x[k], y[k]), k
+
+
+def test_no_per_sample_history_copies(tiny_dm):
+    ds = tiny_dm.splits["train"]
+    for v in vars(ds).values():
+        if isinstance(v, np.ndarray):
+            assert v.ndim == 1 or v.shape[1] <= 100, "a per-sample 2-D history array was materialised"
+
+
+def test_stats_report(tiny_dm):
+    s = tiny_dm.stats
+    assert s["train"]["samples"] > 0 and 0 < s["train"]["avg_hist_len"] <= s["train"]["max_hist_len"] <= 40

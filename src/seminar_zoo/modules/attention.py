@@ -79,3 +79,66 @@ class DINActivationUnit(nn.Module):
         w = w * mask
         o = (w.unsqueeze(-1) * keys).sum(1)
         return (o, w) if return_weights else o
+
+
+# --------------------------------------------------------------------------- retrieval helpers
+# (appended for the long-sequence baselines SIM / ETA / QIN / TWIN; see models/*.py)
+
+def masked_topk(scores: torch.Tensor, mask: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Top-k positions of ``scores`` [..., L] among the valid ones (``mask`` True).
+
+    Returns (idx [..., k'], selected_mask [..., k']) with k' = min(k, L), sorted by
+    descending score. Invalid positions rank below every valid one, so they are only
+    taken when fewer than k are valid, and then ``selected_mask`` is False there: a
+    consumer must mask those slots out (never attend to padding).
+    """
+    if k < 1:
+        raise ValueError(f"top-k needs k >= 1, got {k}")
+    k = min(k, scores.shape[-1])
+    s = scores.float().masked_fill(~mask, float("-inf"))
+    idx = s.topk(k, dim=-1, sorted=True).indices
+    return idx, mask.gather(-1, idx)
+
+
+def gather_positions(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x [B, L, ...] (or [B, L]) and idx [B, K] -> x at those positions [B, K, ...]; differentiable in x."""
+    if x.dim() == 2:
+        return x.gather(1, idx)
+    return x.gather(1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(*idx.shape, *x.shape[2:]))
+
+
+class BiasedTargetAttention(TargetAttention):
+    """TargetAttention with an additive logit bias: softmax_l(<W_q t, W_k h_l>/sqrt(d_h) + bias_l).
+
+    ``bias`` is [B, L] (shared by all heads) or [B, H, L]; ``values`` (default: the keys)
+    lets keys and values differ. Used by QIN's fused attention (query relevance as bias).
+    """
+
+    def forward(self, target: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
+                bias: Optional[torch.Tensor] = None, values: Optional[torch.Tensor] = None,
+                return_weights: bool = False):
+        B, L, d = keys.shape
+        logits = self.scores(target, keys)
+        if bias is not None:
+            logits = logits + (bias.unsqueeze(1) if bias.dim() == 2 else bias)
+        w = masked_softmax(logits, mask.unsqueeze(1))
+        vals = keys if values is None else values
+        v = self.v(vals).view(B, L, self.h, d // self.h).transpose(1, 2)
+        o = (self.drop(w).unsqueeze(-2) @ v).squeeze(-2).reshape(B, d)
+        o = self.out(o) * mask.any(-1, keepdim=True)
+        return (o, w) if return_weights else o
+
+
+def encode_unique(fn, ids: torch.Tensor, return_parts: bool = False):
+    """``fn(ids)`` computed once per distinct id: a lifelong history repeats items, so the
+    encoder runs on the batch's distinct ids and the result is indexed back (exactly the
+    same values and, through the index, the same gradients as ``fn(ids)``).
+
+    With ``return_parts`` also returns (per-distinct-id output [U, ...], inverse index
+    with the shape of ``ids``), for callers that derive more from the distinct rows
+    (hash signatures, projections: TWIN's pre-computed inherent-feature projection).
+    """
+    uniq, inv = torch.unique(ids, return_inverse=True)
+    enc = fn(uniq)
+    out = enc[inv]
+    return (out, enc, inv) if return_parts else out

@@ -1,0 +1,292 @@
+"""Long-sequence baselines SIM (hard/soft), ETA, SDIM, QIN, TWIN and their retrieval helpers."""
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from seminar_zoo.models import get_model_class, registry
+from seminar_zoo.models.eta import ETA
+from seminar_zoo.models.qin import QIN
+from seminar_zoo.models.sdim import SDIM
+from seminar_zoo.models.sim import SIM
+from seminar_zoo.models.twin import TWIN, CPTargetAttention
+from seminar_zoo.modules.attention import (BiasedTargetAttention, TargetAttention, encode_unique,
+                                           gather_positions, masked_topk)
+
+CONFIGS = [("SIM", {"gsu": "hard", "topk": 8}), ("SIM", {"gsu": "soft", "topk": 8}), ("ETA", {"topk": 8}),
+           ("SDIM", {"n_hashes": 8}), ("QIN", {"topk_stage1": 16, "topk": 8}), ("TWIN", {"topk": 8})]
+IDS = [f"{n}-{kw.get('gsu', '')}" for n, kw in CONFIGS]
+
+
+def make(tiny_dm, name, **kw):
+    torch.manual_seed(0)
+    model = get_model_class(name)(data_meta=tiny_dm.data_meta, embed_dim=16, **kw)
+    model.load_tables(tiny_dm.feature_tables())
+    return model
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_dm):
+    return next(iter(tiny_dm.train_dataloader()))
+
+
+def padded(batch, n_valid):
+    """The batch with only the last ``n_valid`` behaviours of each history kept (left padding)."""
+    b = dict(batch)
+    L = b["hist_item_id"].shape[1]
+    keep = torch.arange(L) >= L - n_valid
+    b["hist_mask"] = batch["hist_mask"] & keep
+    b["hist_item_id"] = torch.where(b["hist_mask"], batch["hist_item_id"], 0)
+    b["hist_query_id"] = torch.where(b["hist_mask"], batch["hist_query_id"], 0)
+    return b
+
+
+# ----------------------------------------------------------------------------- helpers
+def test_masked_topk_never_selects_padding():
+    scores = torch.tensor([[9.0, 8.0, 1.0, 2.0, 3.0], [5.0, 4.0, 3.0, 2.0, 1.0]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 1, 0]], dtype=torch.bool)
+    idx, sel = masked_topk(scores, mask, 3)
+    assert idx[0].tolist() == [4, 3, 2] and sel[0].all()  # high-scoring padding is ignored
+    assert idx[1, 0].item() == 3 and sel[1].tolist() == [True, False, False]  # 1 valid < k: rest masked
+    idx, sel = masked_topk(scores, mask, 10)  # k > L is clipped
+    assert idx.shape == (2, 5) and sel.sum().item() == 4
+    with pytest.raises(ValueError, match="k >= 1"):
+        masked_topk(scores, mask, 0)
+
+
+def test_gather_positions_and_encode_unique_keep_gradients():
+    x = torch.randn(2, 5, 3, requires_grad=True)
+    idx = torch.tensor([[4, 0], [1, 1]])
+    out = gather_positions(x, idx)
+    assert torch.equal(out[0, 0], x[0, 4]) and torch.equal(out[1, 1], x[1, 1])
+    out.sum().backward()
+    assert x.grad[1, 1].eq(2).all() and x.grad[0, 2].eq(0).all()
+    emb = torch.nn.Embedding(10, 4)
+    ids = torch.tensor([[1, 2, 1], [3, 1, 0]])
+    out, enc, inv = encode_unique(emb, ids, return_parts=True)
+    assert torch.allclose(out, emb(ids)) and enc.shape[0] == 4 and inv.shape == ids.shape
+    out.sum().backward()
+    assert emb.weight.grad[1].eq(3).all() and emb.weight.grad[5].eq(0).all()
+
+
+def test_biased_target_attention_equals_target_attention_without_bias():
+    torch.manual_seed(0)
+    a = BiasedTargetAttention(8, 2)
+    b = TargetAttention(8, 2)
+    b.load_state_dict(a.state_dict())
+    t, k = torch.randn(3, 8), torch.randn(3, 5, 8)
+    m = torch.rand(3, 5) > 0.3
+    assert torch.allclose(a(t, k, m), b(t, k, m), atol=1e-6)
+    # a large bias on one slot concentrates every head on it
+    bias = torch.zeros(3, 5)
+    bias[:, 2] = 50.0
+    m[:, 2] = True
+    _, w = a(t, k, m, bias=bias, return_weights=True)
+    assert torch.allclose(w[:, :, 2], torch.ones(3, 2), atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- every model
+@pytest.mark.parametrize("name,kw", CONFIGS, ids=IDS)
+def test_registered_shapes_and_padding_invariance(tiny_dm, batch, name, kw):
+    assert name in registry()
+    model = make(tiny_dm, name, **kw).eval()
+    out = model(batch)
+    assert out.shape == batch["label"].shape and torch.isfinite(out).all()
+    # only 3 valid behaviours (< topk): garbage ids in the padded slots must not change anything
+    b = padded(batch, 3)
+    ref = model(b)
+    g = torch.Generator().manual_seed(0)
+    noisy = dict(b)
+    junk = torch.randint(1, tiny_dm.data_meta["n_items"] + 1, b["hist_item_id"].shape, generator=g)
+    noisy["hist_item_id"] = torch.where(b["hist_mask"], b["hist_item_id"], junk)
+    noisy["hist_query_id"] = torch.where(b["hist_mask"], b["hist_query_id"], junk % 50 + 1)
+    assert torch.allclose(model(noisy), ref, atol=1e-5)
+    # no history at all: finite scores
+    empty = padded(batch, 0)
+    assert torch.isfinite(model(empty)).all()
+
+
+@pytest.mark.parametrize("name,kw", CONFIGS, ids=IDS)
+def test_training_step_on_tiny_dm(tiny_dm, name, kw):
+    model = make(tiny_dm, name, **kw)
+    trainer = pl.Trainer(max_steps=3, limit_val_batches=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         val_check_interval=3)
+    before = model.item_encoder.id_emb.weight.detach().clone()
+    trainer.fit(model, tiny_dm)
+    loss = trainer.callback_metrics["train/loss"]
+    assert torch.isfinite(loss) and 0 < loss.item() < 5
+    assert torch.isfinite(trainer.callback_metrics["val/auc"])
+    assert not torch.equal(before, model.item_encoder.id_emb.weight)  # embeddings were trained
+
+
+# ----------------------------------------------------------------------------- SIM
+def test_sim_hard_selects_only_the_most_recent_matching_category(tiny_dm, batch):
+    model = make(tiny_dm, "SIM", gsu="hard", topk=5)
+    h, _, m = model.history(batch)
+    idx, sel = model.hard_search(batch, h, m)
+    cat = model.item_encoder.item_attr[:, model.category_index]
+    ct = cat[batch["item_id"]]
+    for i in range(h.shape[0]):
+        matching = [l for l in range(h.shape[1]) if m[i, l] and cat[h[i, l]] == ct[i] and ct[i] > 0]
+        picked = idx[i][sel[i]].tolist()
+        assert picked == sorted(matching, reverse=True)[:5]  # most recent matches first
+        assert all(cat[h[i, l]] == ct[i] for l in picked)
+    assert sel.any()  # the tiny data has same-category behaviours
+
+
+def test_sim_bad_category_and_gsu_are_named(tiny_dm):
+    with pytest.raises(ValueError, match="attr_colour"):
+        make(tiny_dm, "SIM", gsu="hard", category_attr="attr_colour")
+    with pytest.raises(ValueError, match="gsu"):
+        make(tiny_dm, "SIM", gsu="fuzzy")
+
+
+def test_sim_soft_registers_aux_loss_that_trains_the_gsu(tiny_dm, batch):
+    model = make(tiny_dm, "SIM", gsu="soft", topk=5).train()
+    out = model(batch)
+    assert set(model._aux) == {"gsu_aux"}
+    model._aux["gsu_aux"].backward()
+    assert model.gsu_q.weight.grad.abs().sum() > 0 and model.gsu_k.weight.grad.abs().sum() > 0
+    assert model.item_encoder.id_emb.weight.grad.abs().sum() > 0
+    model.eval()
+    model(batch)
+    assert model._aux == {}  # no auxiliary loss at evaluation
+    assert out.shape == batch["label"].shape
+
+
+# ----------------------------------------------------------------------------- ETA
+def test_eta_topk_by_hamming_and_gradients_through_the_gather(tiny_dm, batch):
+    model = make(tiny_dm, "ETA", topk=4).eval()
+    b = {k: v[:2] for k, v in batch.items()}
+    t = model.target_vector(b)
+    h, _, m = model.history(b)
+    idx, sel, dist = model.retrieve(t, h, m)
+    # reference distances from unpacked sign bits of every behaviour
+    bits_t = model.hasher.bits(t)[:, 0]
+    bits_h = model.hasher.bits(model.item_encoder.fused(h))[..., 0, :]
+    assert torch.equal(dist, (bits_h != bits_t[:, None]).sum(-1))
+    for i in range(2):
+        chosen = dist[i, idx[i]]
+        others = dist[i][torch.ones(h.shape[1], dtype=torch.bool).index_fill(0, idx[i], False)]
+        assert chosen.max() <= others.min()  # the k nearest in Hamming distance
+    # gradients reach the item embeddings of the selected behaviours (and only those)
+    model.zero_grad()
+    model.interest(b, t.detach()).sum().backward()
+    grad = model.item_encoder.id_emb.weight.grad
+    selected = set(h.gather(1, idx)[sel].tolist())
+    unselected = set(h[m].tolist()) - selected
+    assert all(grad[i].abs().sum() > 0 for i in selected)
+    assert all(grad[i].abs().sum() == 0 for i in unselected)
+    assert not any(p.requires_grad for p in model.hasher.buffers())
+
+
+def test_eta_with_fewer_valid_than_topk_masks_the_rest(tiny_dm, batch):
+    model = make(tiny_dm, "ETA", topk=8)
+    b = padded(batch, 3)
+    h, _, m = model.history(b)
+    idx, sel, _ = model.retrieve(model.target_vector(b), h, m)
+    assert sel.sum(1).eq(3).all()
+    assert m.gather(1, idx)[sel].all() and set(idx[sel].tolist()) <= {h.shape[1] - 1, h.shape[1] - 2, h.shape[1] - 3}
+
+
+# ----------------------------------------------------------------------------- SDIM
+def test_sdim_matches_a_hand_computed_aggregate(tiny_dm):
+    model = make(tiny_dm, "SDIM", n_hashes=2, hash_bits=1, norm="l2")
+    d = model.hparams.embed_dim
+    proj = torch.zeros(d, 2)
+    proj[0, 0] = 1.0  # hash 0: sign of coordinate 0
+    proj[1, 1] = 1.0  # hash 1: sign of coordinate 1
+    model.hasher.proj.copy_(proj)
+    t = torch.zeros(1, d)
+    t[0, :2] = torch.tensor([1.0, 1.0])  # buckets (1, 1)
+    e = torch.zeros(1, 4, d)
+    e[0, 0, :3] = torch.tensor([2.0, -1.0, 0.0])   # buckets (1, 0)
+    e[0, 1, :3] = torch.tensor([1.0, 3.0, 1.0])    # buckets (1, 1)
+    e[0, 2, :3] = torch.tensor([-1.0, 2.0, 0.0])   # buckets (0, 1)
+    e[0, 3, :3] = torch.tensor([5.0, 5.0, 5.0])    # buckets (1, 1) but padding
+    m = torch.tensor([[True, True, True, False]])
+    # hash 0 collides with behaviours 0, 1; hash 1 with behaviours 1, 2
+    s0 = torch.tensor([3.0, 2.0, 1.0])
+    s1 = torch.tensor([0.0, 5.0, 1.0])
+    expected = torch.zeros(d)
+    expected[:3] = (s0 / s0.norm() + s1 / s1.norm()) / 2
+    assert torch.allclose(model.aggregate(t, e, m)[0], expected, atol=1e-6)
+    model.norm = "count"
+    expected[:3] = (s0 / 2 + s1 / 2) / 2
+    assert torch.allclose(model.aggregate(t, e, m)[0], expected, atol=1e-6)
+    model.norm, model.topk = "none", 1  # only the most recent colliding behaviour per hash
+    expected[:3] = (e[0, 1, :3] + e[0, 2, :3]) / 2
+    assert torch.allclose(model.aggregate(t, e, m)[0], expected, atol=1e-6)
+
+
+def test_sdim_has_no_attention_over_the_history(tiny_dm):
+    model = make(tiny_dm, "SDIM")
+    assert not any(isinstance(mod, (TargetAttention, CPTargetAttention)) for mod in model.modules())
+
+
+# ----------------------------------------------------------------------------- QIN
+def test_qin_query_first_then_item(tiny_dm, batch):
+    model = make(tiny_dm, "QIN", topk_stage1=10, topk=4).eval()
+    t = model.target_vector(batch)
+    qv = model.query_vector(batch, t)
+    has_q = batch["query_id"] > 0
+    assert has_q.any() and (~has_q).any()
+    assert torch.allclose(qv[~has_q], t[~has_q])  # no query: the target item stands in
+    assert torch.allclose(qv[has_q], model.query_encoder(batch["query_id"][has_q]))
+    keys, bias, mask, pos = model.select(batch, t)
+    h, hq, m = model.history(batch)
+    s1_all = model.query_relevance(qv, model.item_encoder.fused(h), hq)
+    top1 = s1_all.topk(10, dim=1).indices
+    for i in range(h.shape[0]):
+        assert set(pos[i].tolist()) <= set(top1[i].tolist())  # stage 2 picks within stage 1
+    assert torch.allclose(bias, s1_all.gather(1, pos), atol=1e-5)
+    assert torch.allclose(keys, model.item_encoder.fused(h.gather(1, pos)), atol=1e-6)
+    with pytest.raises(ValueError, match="topk_stage1"):
+        make(tiny_dm, "QIN", topk_stage1=4, topk=8)
+
+
+# ----------------------------------------------------------------------------- TWIN
+def test_twin_uses_one_attention_module_in_both_stages(tiny_dm, batch):
+    model = make(tiny_dm, "TWIN", topk=5).eval()
+    atts = [mod for mod in model.modules() if isinstance(mod, (TargetAttention, CPTargetAttention))]
+    assert atts == [model.attention]
+    calls = []
+    orig = model.attention.logits
+
+    def spy(target, inherent, cross):
+        calls.append(tuple(inherent.shape))
+        return orig(target, inherent, cross)
+
+    model.attention.logits = spy
+    model(batch)
+    B, L = batch["hist_item_id"].shape
+    H = model.hparams.num_heads
+    assert calls == [(B, L, 16), (B, H, 5, 16)]  # CP-GSU over all L, then ESU over the top-5 per head
+    model.attention.logits = orig
+    # consistency: the CP-GSU keeps exactly the behaviours with the highest ESU logits
+    h, hq, m = model.history(batch)
+    cross = model.cross_features(batch, hq)
+    t = model.target_vector(batch)
+    alpha = model.attention.logits(t, model.item_encoder.fused(h), cross)
+    idx, sel = model.gsu(t, model.item_encoder.fused(h), cross, m)
+    assert torch.equal(idx.sort(-1).values, alpha.topk(5, dim=-1).indices.sort(-1).values)
+    # and the ESU recomputes those same logits on the picks
+    picked = h.gather(1, idx.reshape(B, -1)).view(B, H, 5)
+    cross_k = cross.gather(1, idx.reshape(B, -1, 1).expand(-1, -1, 3)).view(B, H, 5, 3)
+    esu = model.attention.logits(t, model.item_encoder.fused(picked), cross_k)
+    assert torch.allclose(esu, alpha.gather(-1, idx), atol=1e-5)
+
+
+def test_twin_cross_features(tiny_dm, batch):
+    b = {k: v[:1].clone() for k, v in batch.items()}
+    b["query_id"][:] = 7
+    b["hist_query_id"][0, -3:] = torch.tensor([7, 0, 5])
+    cross = TWIN.cross_features(b, b["hist_query_id"])
+    assert cross[0, -1].tolist() == [0, 1, 0]  # most recent: bucket 0, has a query, different query
+    assert cross[0, -2].tolist() == [1, 0, 0]  # 1 step back: bucket 1, no query
+    assert cross[0, -3].tolist() == [1, 1, 1]  # 2 steps back: bucket floor(log2 3) = 1, same query
+    assert cross[0, 0, 0].item() == min(int(math.log2(b["hist_query_id"].shape[1])), 15)
+    b["query_id"][:] = 0
+    assert TWIN.cross_features(b, b["hist_query_id"])[..., 2].eq(0).all()  # no target query: never "same"

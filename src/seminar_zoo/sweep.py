@@ -1,0 +1,509 @@
+"""``seminar-zoo sweep FILE``: run a W&B-schema sweep file offline, one experiment per point.
+
+The sweep file is a W&B sweep configuration (``method``, ``metric``, ``parameters``,
+``command``, optional ``name``, ``program``, ``run_cap``), so
+``wandb sweep experiments/sweeps/lambda.yaml`` + ``wandb agent`` run the very same file
+where a W&B server is reachable. Offline this module is the agent:
+
+* ``method: grid``: the Cartesian product of the parameters' values (first parameter
+  outermost), in file order; ``values``, ``value``, ``int_uniform`` and ``q_uniform``
+  parameters are discrete. ``method: random``: ``--max-runs`` (or ``run_cap``) points
+  drawn from W&B's distributions (``values`` [+ ``probabilities``], ``value``, ``uniform``,
+  ``int_uniform``, ``q_uniform``, ``log_uniform_values``, ``q_log_uniform_values``,
+  ``log_uniform``, ``normal``, ``q_normal``, ``log_normal``) with a numpy generator seeded
+  by ``--seed`` (same seed, same points: a random sweep is resumable too).
+  ``bayes`` needs W&B's server and is refused with a clear error.
+* The ``command`` is expanded with W&B's macros (``${env}``, ``${interpreter}``,
+  ``${program}``, ``${args}`` = ``--key=value``, ``${args_no_hyphens}``,
+  ``${args_no_boolean_flags}``, ``${args_no_equals}``, ``${args_json}``,
+  ``${args_json_file}``, ``${envvar:NAME}``), a ``seminar-zoo`` token runs this
+  interpreter's package (``python -m seminar_zoo.cli``), and the runner appends
+  ``--run_dir OUT/<point>`` (replacing any ``--run_dir`` in the file), ``--data.path`` and the
+  extra overrides given on the command line.
+* Each point runs as its own subprocess (a crash, a bad value or an out-of-memory kill
+  fails that point only), in a run directory named from the parameter values
+  (``lambda_q=0.3``, ``n_centroids=16__n_sub=4``; random points are prefixed ``r007__``).
+  ``sweep_point.json`` there records the sweep name and parameter values (``compare``
+  reads it), ``sweep.log`` the run's output.
+* Resumable: a point whose run directory has ``metrics.json`` is skipped and never
+  overwritten; an unfinished one (no metrics.json) is run again.
+* ``OUT/sweep_summary.json`` (rewritten after every point) lists each point's status
+  (``done``, ``skipped`` = finished earlier, ``failed`` with return code and log tail).
+  At the end a markdown table of the metric against the parameter(s) is printed
+  (:mod:`seminar_zoo.compare`); the exit code is 1 if any point failed.
+* W&B: each run's logger is grouped by the sweep name (``WANDB_RUN_GROUP``) and named
+  ``<sweep>/<point>`` (``WANDB_NAME``); the mode stays whatever ``WANDB_MODE`` says
+  (``offline`` by default, see :mod:`seminar_zoo.tracking`).
+
+Why not W&B's own engine (PyPI ``sweeps``, the open-source code behind the W&B sweep
+server): ``sweeps`` 0.3.0 requires ``numpy<2`` (installing it would downgrade the
+numpy 2.x that torch, pyarrow and pandas here run on) and pulls in scipy and
+scikit-learn (for ``bayes``, which offline sweeps do not need). Grid and random search
+are a few dozen lines, written here to W&B's documented semantics.
+
+Paper link: the λ sweep reproduces SEMINAR's sensitivity study of the query/item
+fusion weight (arXiv 2407.10714, the λ analysis of Sec. 4; values 0.1..0.9); the
+codebook sweep the PQ size trade-off of its approximate retrieval (Sec. 3.4).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
+SEED_KEYS = ("seed_everything",)
+_DISCRETE = ("values", "value")
+_ENVVAR = re.compile(r"\$\{envvar:([A-Za-z0-9_]*)\}")
+
+
+class SweepError(ValueError):
+    """A sweep file or sweep command line is wrong; the message names what and where."""
+
+
+# --------------------------------------------------------------------------- the sweep file
+def _flatten(params: dict, prefix: str, src: str) -> Dict[str, dict]:
+    out: Dict[str, dict] = {}
+    for key, spec in params.items():
+        name = f"{prefix}{key}"
+        if not isinstance(spec, dict):
+            raise SweepError(f"{src}: parameters.{name} must be a mapping (values:/value:/distribution:), "
+                             f"got {spec!r}")
+        if "parameters" in spec:  # W&B nested parameters
+            out.update(_flatten(spec["parameters"], f"{name}.", src))
+        else:
+            out[name] = spec
+    return out
+
+
+def load_spec(path: os.PathLike) -> dict:
+    """Read and check a W&B sweep file; parameters come back flattened (dotted names) in file order."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise SweepError(f"sweep file {p} not found")
+    try:
+        spec = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise SweepError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(spec, dict):
+        raise SweepError(f"{p}: expected a mapping with method/metric/parameters/command")
+    method = spec.get("method")
+    if method not in ("grid", "random", "bayes"):
+        raise SweepError(f"{p}: method must be grid or random (got {method!r})")
+    if method == "bayes":
+        raise SweepError(f"{p}: method bayes needs a W&B server (wandb sweep {p}); "
+                         "the offline runner supports grid and random")
+    params = spec.get("parameters")
+    if not isinstance(params, dict) or not params:
+        raise SweepError(f"{p}: 'parameters' must be a non-empty mapping")
+    flat = _flatten(params, "", str(p))
+    for name, ps in flat.items():
+        _check_param(name, ps, method, str(p))
+    metric = spec.get("metric") or {}
+    if metric and (not isinstance(metric, dict) or "name" not in metric):
+        raise SweepError(f"{p}: metric must be a mapping with a 'name' (and goal: maximize|minimize)")
+    if metric.get("goal", "maximize") not in ("maximize", "minimize"):
+        raise SweepError(f"{p}: metric.goal must be maximize or minimize (got {metric.get('goal')!r})")
+    command = spec.get("command", DEFAULT_COMMAND)
+    if not isinstance(command, list) or not command:
+        raise SweepError(f"{p}: command must be a non-empty list")
+    out = dict(spec)
+    out.update(parameters=flat, metric=metric, command=[str(c) for c in command],
+               name=str(spec.get("name") or p.stem), file=str(p))
+    return out
+
+
+def _check_param(name: str, ps: dict, method: str, src: str) -> None:
+    dist = _distribution(ps)
+    where = f"{src}: parameters.{name}"
+    if dist == "categorical":
+        if not isinstance(ps["values"], list) or not ps["values"]:
+            raise SweepError(f"{where}.values must be a non-empty list")
+        probs = ps.get("probabilities")
+        if probs is not None and (len(probs) != len(ps["values"]) or abs(sum(probs) - 1) > 1e-6):
+            raise SweepError(f"{where}.probabilities must have one entry per value and sum to 1")
+        return
+    if dist == "constant":
+        return
+    need = {"normal": ("mu", "sigma"), "q_normal": ("mu", "sigma"), "log_normal": ("mu", "sigma")}.get(dist, ("min", "max"))
+    missing = [k for k in need if k not in ps]
+    if missing:
+        raise SweepError(f"{where}: distribution {dist} needs {', '.join(need)} (missing {', '.join(missing)})")
+    if "min" in ps and ps["min"] > ps["max"]:
+        raise SweepError(f"{where}: min {ps['min']} > max {ps['max']}")
+    if dist in ("log_uniform_values", "q_log_uniform_values") and ps["min"] <= 0:
+        raise SweepError(f"{where}: {dist} needs min > 0")
+    if method == "grid" and dist not in ("int_uniform", "q_uniform"):
+        raise SweepError(f"{where}: grid search needs discrete parameters (values, value, int_uniform, "
+                         f"q_uniform), got distribution {dist}")
+
+
+def _distribution(ps: dict) -> str:
+    if "distribution" in ps:
+        d = ps["distribution"]
+        known = ("categorical", "constant", "uniform", "int_uniform", "q_uniform", "log_uniform",
+                 "log_uniform_values", "q_log_uniform_values", "normal", "q_normal", "log_normal")
+        if d not in known:
+            raise SweepError(f"unknown distribution {d!r} (known: {', '.join(known)})")
+        if d == "categorical" and "values" not in ps:
+            raise SweepError("distribution categorical needs 'values'")
+        if d == "constant" and "value" not in ps:
+            raise SweepError("distribution constant needs 'value'")
+        return d
+    if "values" in ps:
+        return "categorical"
+    if "value" in ps:
+        return "constant"
+    if "min" in ps and "max" in ps:  # W&B infers int_uniform / uniform from the bounds' types
+        return "int_uniform" if isinstance(ps["min"], int) and isinstance(ps["max"], int) else "uniform"
+    raise SweepError(f"parameter spec {ps!r}: give values, value, or min/max (or a distribution)")
+
+
+# --------------------------------------------------------------------------- points
+def grid_values(ps: dict) -> list:
+    d = _distribution(ps)
+    if d == "categorical":
+        return list(ps["values"])
+    if d == "constant":
+        return [ps["value"]]
+    if d == "int_uniform":
+        return list(range(int(ps["min"]), int(ps["max"]) + 1))
+    if d == "q_uniform":
+        q = ps.get("q", 1.0)
+        n = int(math.floor((ps["max"] - ps["min"]) / q + 1e-9)) + 1
+        return [round(ps["min"] + i * q, 12) for i in range(n)]
+    raise SweepError(f"distribution {d} is not discrete: use method random")
+
+
+def grid_points(parameters: Dict[str, dict]) -> List[Dict[str, Any]]:
+    names = list(parameters)
+    return [dict(zip(names, combo)) for combo in itertools.product(*(grid_values(parameters[n]) for n in names))]
+
+
+def sample_value(ps: dict, rng) -> Any:
+    d = _distribution(ps)
+    if d == "categorical":
+        i = rng.choice(len(ps["values"]), p=ps.get("probabilities"))
+        return ps["values"][int(i)]
+    if d == "constant":
+        return ps["value"]
+    q = ps.get("q", 1.0)
+    if d == "uniform":
+        return float(rng.uniform(ps["min"], ps["max"]))
+    if d == "int_uniform":
+        return int(rng.integers(int(ps["min"]), int(ps["max"]) + 1))
+    if d == "q_uniform":
+        return float(round(rng.uniform(ps["min"], ps["max"]) / q) * q)
+    if d == "log_uniform":  # bounds are natural logs (W&B)
+        return float(math.exp(rng.uniform(ps["min"], ps["max"])))
+    if d == "log_uniform_values":
+        return float(math.exp(rng.uniform(math.log(ps["min"]), math.log(ps["max"]))))
+    if d == "q_log_uniform_values":
+        v = math.exp(rng.uniform(math.log(ps["min"]), math.log(ps["max"])))
+        return float(round(v / q) * q)
+    if d == "normal":
+        return float(rng.normal(ps["mu"], ps["sigma"]))
+    if d == "q_normal":
+        return float(round(rng.normal(ps["mu"], ps["sigma"]) / q) * q)
+    if d == "log_normal":
+        return float(math.exp(rng.normal(ps["mu"], ps["sigma"])))
+    raise SweepError(f"cannot sample distribution {d}")
+
+
+def random_points(parameters: Dict[str, dict], n: int, seed: int = 0) -> List[Dict[str, Any]]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [{name: sample_value(ps, rng) for name, ps in parameters.items()} for _ in range(n)]
+
+
+def sweep_points(spec: dict, max_runs: Optional[int] = None, seed: int = 0) -> List[Dict[str, Any]]:
+    if spec["method"] == "grid":
+        pts = grid_points(spec["parameters"])
+        return pts[:max_runs] if max_runs is not None else pts
+    n = max_runs if max_runs is not None else spec.get("run_cap")
+    if n is None:
+        raise SweepError(f"{spec['file']}: a random sweep needs --max-runs N (or run_cap in the file)")
+    return random_points(spec["parameters"], int(n), seed)
+
+
+# --------------------------------------------------------------------------- naming
+def format_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (list, tuple, dict)):
+        v = json.dumps(v, separators=(",", ":"))
+    return re.sub(r"[^A-Za-z0-9._+=-]+", "-", str(v)).strip("-") or "x"
+
+
+def short_names(names: Sequence[str]) -> Dict[str, str]:
+    """Last dotted component of each parameter name, or the whole name where that is ambiguous."""
+    last = [n.split(".")[-1] for n in names]
+    return {n: (s if last.count(s) == 1 else n) for n, s in zip(names, last)}
+
+
+def point_name(point: Dict[str, Any], index: Optional[int] = None) -> str:
+    short = short_names(list(point))
+    name = "__".join(f"{short[k]}={format_value(v)}" for k, v in point.items())
+    return f"r{index:03d}__{name}" if index is not None else name
+
+
+# --------------------------------------------------------------------------- the command
+def _arg_strings(point: Dict[str, Any]) -> Dict[str, list]:
+    flags, no_hyph, no_bool, no_eq = [], [], [], []
+    for k, v in point.items():
+        flags.append(f"--{k}={v}")
+        no_hyph.append(f"{k}={v}")
+        no_eq += [f"--{k}", str(v)]
+        if isinstance(v, bool):
+            if v:
+                no_bool.append(f"--{k}")
+        else:
+            no_bool.append(f"--{k}={v}")
+    return {"args": flags, "args_no_hyphens": no_hyph, "args_no_boolean_flags": no_bool,
+            "args_no_equals": no_eq, "args_json": [json.dumps(point)]}
+
+
+def _resolve_config_paths(cmd: List[str], spec_file: Path) -> List[str]:
+    """``--config X`` paths relative to the current directory; if missing there, relative to the
+    nearest ancestor of the sweep file that has them (so the sweep also runs outside the repo root)."""
+    out = list(cmd)
+    for i, tok in enumerate(out):
+        path = None
+        if tok == "--config" and i + 1 < len(out):
+            path, j = out[i + 1], i + 1
+        elif tok.startswith("--config="):
+            path, j = tok.split("=", 1)[1], i
+        if path is None or Path(path).is_absolute() or Path(path).exists():
+            continue
+        for anc in spec_file.resolve().parents:
+            if (anc / path).exists():
+                new = str(anc / path)
+                out[j] = new if j == i + 1 else f"--config={new}"
+                break
+        else:
+            raise SweepError(f"{spec_file}: the command's config {path} is not found (from {Path.cwd()} "
+                             "or any folder above the sweep file); run from the repository root")
+    return out
+
+
+def _strip_run_dir(cmd: List[str]) -> List[str]:
+    out, skip = [], False
+    for tok in cmd:
+        if skip:
+            skip = False
+            continue
+        if tok in ("--run_dir", "--run-dir"):
+            skip = True
+            continue
+        if tok.startswith(("--run_dir=", "--run-dir=")):
+            continue
+        out.append(tok)
+    return out
+
+
+def build_command(spec: dict, point: Dict[str, Any], run_dir: Path, data_path: Optional[str] = None,
+                  overrides: Sequence[str] = ()) -> List[str]:
+    """The argv the W&B agent would run for ``point``, made runnable offline (module docstring)."""
+    macros = _arg_strings(point)
+    macros.update(env=[], interpreter=[sys.executable],
+                  program=[str(spec["program"])] if spec.get("program") else None)
+    cmd: List[str] = []
+    for tok in spec["command"]:
+        tok = _ENVVAR.sub(lambda m: os.environ.get(m.group(1), m.group(1)), tok)
+        if tok.startswith("${") and tok.endswith("}"):
+            key = tok[2:-1]
+            if key == "args_json_file":
+                f = run_dir / "sweep_args.json"
+                f.parent.mkdir(parents=True, exist_ok=True)
+                f.write_text(json.dumps(point))
+                cmd.append(str(f))
+                continue
+            if key not in macros:
+                raise SweepError(f"{spec['file']}: unknown command macro {tok}")
+            if macros[key] is None:
+                raise SweepError(f"{spec['file']}: command uses ${{program}} but the file has no 'program'")
+            cmd += macros[key]
+        elif tok == "seminar-zoo":
+            cmd += [sys.executable, "-m", "seminar_zoo.cli"]
+        else:
+            cmd.append(tok)
+    if "experiment" not in cmd:
+        raise SweepError(f"{spec['file']}: the offline runner needs a `seminar-zoo experiment ...` command "
+                         "(it sets --run_dir and reads RUN/metrics.json)")
+    cmd = _resolve_config_paths(_strip_run_dir(cmd), Path(spec["file"]))
+    cmd += ["--run_dir", str(run_dir)]
+    if data_path:
+        cmd += ["--data.path", str(data_path)]
+    return cmd + list(overrides)
+
+
+def _override_keys(overrides: Sequence[str]) -> List[str]:
+    return [o[2:].split("=", 1)[0] for o in overrides if o.startswith("--")]
+
+
+# --------------------------------------------------------------------------- running
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def run_sweep(file: os.PathLike, out: Optional[os.PathLike] = None, data_path: Optional[str] = None,
+              max_runs: Optional[int] = None, seed: int = 0, overrides: Sequence[str] = (),
+              dry_run: bool = False, runner=None, echo=print) -> dict:
+    """Run (or, with ``dry_run``, only list) every point of the sweep; returns the summary dict.
+
+    ``runner(cmd, env, log_path) -> returncode`` runs one point (default: a subprocess
+    whose output goes to ``log_path``); tests replace it.
+    """
+    spec = load_spec(file)
+    if max_runs is not None and max_runs < 1:
+        raise SweepError(f"--max-runs must be >= 1 (got {max_runs})")
+    if data_path is not None and not Path(data_path).is_dir():
+        raise SweepError(f"--data.path {data_path}: no such folder (prepare it with `seminar-zoo prepare`)")
+    clash = sorted(set(_override_keys(overrides)) & set(spec["parameters"]))
+    if clash:
+        raise SweepError(f"override(s) {', '.join('--' + c for c in clash)} set a swept parameter of {file}")
+    out = Path(out) if out is not None else Path("runs") / "sweeps" / spec["name"]
+    points = sweep_points(spec, max_runs, seed)
+    names = [point_name(p, i if spec["method"] == "random" else None) for i, p in enumerate(points)]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise SweepError(f"{file}: points share a run directory name ({', '.join(sorted(dup))}); "
+                         "make the values distinct")
+    runner = runner or _subprocess_runner
+    out.mkdir(parents=True, exist_ok=True)
+    metric = spec["metric"].get("name")
+    summary = {"sweep": spec["name"], "file": str(file), "method": spec["method"], "metric": spec["metric"],
+               "seed": seed, "data_path": data_path, "overrides": list(overrides), "out": str(out),
+               "parameters": list(spec["parameters"]), "points": []}
+    echo(f"sweep {spec['name']}: {spec['method']}, {len(points)} point(s) -> {out}")
+    for i, (point, name) in enumerate(zip(points, names)):
+        run_dir = out / name
+        rec = {"name": name, "parameters": point, "run_dir": str(run_dir)}
+        summary["points"].append(rec)
+        tag = f"[{i + 1}/{len(points)}] {name}"
+        mfile, pfile = run_dir / "metrics.json", run_dir / "sweep_point.json"
+        if pfile.is_file():
+            old = json.loads(pfile.read_text()).get("parameters")
+            if old != json.loads(json.dumps(point)):
+                rec.update(status="failed", error=f"{run_dir} holds a different point {old}; not touched")
+                echo(f"{tag}: FAILED: {rec['error']}")
+                _atomic_json(out / "sweep_summary.json", summary)
+                continue
+        if mfile.is_file():
+            rec.update(status="skipped", reason="finished earlier (metrics.json exists)")
+            rec["metric"] = json.loads(mfile.read_text()).get(metric) if metric else None
+            echo(f"{tag}: skipped, finished earlier")
+            continue
+        if dry_run:
+            cmd = build_command(spec, point, run_dir, data_path, overrides)
+            rec.update(status="planned", command=cmd)
+            echo(f"{tag}: {' '.join(cmd)}")
+            continue
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cmd = build_command(spec, point, run_dir, data_path, overrides)
+        _atomic_json(pfile, {"sweep": spec["name"], "file": str(file), "method": spec["method"],
+                             "index": i, "seed": seed, "parameters": point, "command": cmd})
+        env = dict(os.environ)
+        env.setdefault("WANDB_RUN_GROUP", spec["name"])
+        env["WANDB_NAME"] = f"{spec['name']}/{name}"
+        log = run_dir / "sweep.log"
+        echo(f"{tag}: running")
+        t0 = time.time()
+        try:
+            rc = runner(cmd, env, log)
+        except KeyboardInterrupt:
+            rec.update(status="interrupted")
+            _atomic_json(out / "sweep_summary.json", summary)
+            raise
+        except OSError as e:  # the command could not even start
+            rc, rec["error"] = -1, str(e)
+        rec.update(returncode=rc, seconds=round(time.time() - t0, 1))
+        if rc == 0 and mfile.is_file():
+            rec["status"] = "done"
+            rec["metric"] = json.loads(mfile.read_text()).get(metric) if metric else None
+            echo(f"{tag}: done in {rec['seconds']:.0f}s" + (f", {metric}={rec['metric']:.4f}"
+                                                            if isinstance(rec.get("metric"), float) else ""))
+        else:
+            rec["status"] = "failed"
+            rec.setdefault("error", f"exit code {rc}" + ("" if rc else ", but no metrics.json was written"))
+            rec["log_tail"] = _tail(log)
+            echo(f"{tag}: FAILED ({rec['error']}); log: {log}\n    " + rec["log_tail"].replace("\n", "\n    "))
+        _atomic_json(out / "sweep_summary.json", summary)
+    counts = {s: sum(p.get("status") == s for p in summary["points"]) for s in ("done", "skipped", "failed", "planned")}
+    summary["counts"] = counts
+    _atomic_json(out / "sweep_summary.json", summary)
+    echo(f"sweep {spec['name']}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+    if not dry_run:
+        finished = [Path(p["run_dir"]) for p in summary["points"] if p.get("status") in ("done", "skipped")]
+        if finished:
+            from .compare import collect, markdown_table, summarize
+
+            metrics = [metric] if metric else []
+            rows = summarize(collect(finished))
+            table = markdown_table(rows, metrics + [m for m in ("test/auc", "test/ndcg@10") if m != metric],
+                                   goal={metric: spec["metric"].get("goal", "maximize")} if metric else None)
+            summary["table"] = table
+            _atomic_json(out / "sweep_summary.json", summary)
+            echo("\n" + table)
+        failed = [p for p in summary["points"] if p.get("status") == "failed"]
+        if failed:
+            echo("failed points: " + ", ".join(p["name"] for p in failed))
+    return summary
+
+
+def _subprocess_runner(cmd: List[str], env: dict, log: Path) -> int:
+    with open(log, "w") as fh:
+        fh.write("$ " + " ".join(cmd) + "\n")
+        fh.flush()
+        return subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+
+
+# --------------------------------------------------------------------------- CLI
+def main(argv: Optional[List[str]] = None) -> dict:
+    ap = argparse.ArgumentParser(
+        prog="seminar-zoo sweep", allow_abbrev=False,
+        description="Run a W&B sweep file offline: one `seminar-zoo experiment` per point, resumable. "
+                    "Unknown options are passed to every run (e.g. --trainer.max_epochs 3).")
+    ap.add_argument("file", help="W&B sweep YAML (method, metric, parameters, command)")
+    ap.add_argument("--data.path", "--data-path", dest="data_path", default=None,
+                    help="dataset folder passed to every run")
+    ap.add_argument("--max-runs", "--max_runs", dest="max_runs", type=int, default=None,
+                    help="run at most N points (grid: the first N; random: N samples)")
+    ap.add_argument("--out", default=None, help="sweep folder (default runs/sweeps/<sweep name>)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of a random sweep's sampler")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    a, rest = ap.parse_known_args(argv)
+    try:
+        summary = run_sweep(a.file, a.out, a.data_path, a.max_runs, a.seed, rest, a.dry_run)
+    except SweepError as e:
+        print(f"seminar-zoo sweep: error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    if summary["counts"].get("failed"):
+        raise SystemExit(1)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,407 @@
+"""SEMINAR: Search Enhanced Multi-modal Interest Network and Approximate Retrieval (arXiv 2407.10714).
+
+Two stages (Sec. 3), one command (``seminar-zoo experiment --config experiments/seminar.yaml``):
+
+1. **Pretraining** (:class:`~seminar_zoo.models.psu.PSU`, in :meth:`SEMINAR.before_fit`): unless
+   ``psu_ckpt`` is given, a PSU with this model's ``embed_dim`` / ``num_heads`` / ``lambda_q`` is
+   trained for ``pretrain["epochs"]`` epochs on the same DataModule and saved as
+   ``RUN/psu/psu.ckpt``; ``pretrain`` holds the PSU's other settings (loss weights, ...).
+   ``pretrain: {epochs: 0}`` skips it (the "no pretraining" ablation: random initialisation).
+2. **Finetuning** (this RecModel): the PSU's item / query encoders, modality weights gamma and
+   multi-head target attention are restored (``restore_psu``); then
+
+   * pair vectors: per-modality vectors of (query, item) pairs weighted by ``c_j * gamma_j``
+     (query part * lambda_q, item part * (1 - lambda_q); see
+     :class:`~seminar_zoo.modules.seminar_parts.PairEncoder`: **without queries in the data, or
+     with lambda_q = 0, the query part is dropped and lambda has no effect**), each projected by
+     its G(j) in R^{d x d} (identity-initialised) and summed;
+   * GSU (``use_gsu``): the restored target attention's head-averaged logit scores all L
+     behaviours (:meth:`gsu_scores`; per-modality form :meth:`gsu_vectors`), :meth:`gsu_topk`
+     keeps the top ``topk`` valid ones (exact, or ``retrieval: pq``, see below);
+     ``use_gsu: false`` takes the last ``topk`` behaviours instead (the ablation);
+   * ESU: multi-head target attention over the K (initialised from the PSU's attention); with
+     ``gsu_bias`` the selected behaviours' GSU scores are added to its logits, which is how the GSU
+     (its W_q, W_k and G(j)) gets gradients through the non-differentiable top-K;
+   * tower: [target pair vector, ESU output, their product] (RecModel's tower). The data contract
+     has no user features, so none are concatenated.
+
+   ``freeze_psu`` freezes what was restored (encoders, gamma, the GSU's attention); G(j), the ESU
+   and the tower still train.
+
+``retrieval: pq`` selects the top-K at test / predict time with the multi-modal product quantizer
+of ``modules/quantization.py``: uint8 codes of the per-modality GSU key vectors (one encoding per
+distinct history) and a per-request look-up table of the target (:meth:`gsu_vectors` gives both
+sides); the codebooks are fitted on training histories (:meth:`fit_pq`, in ``before_test``) and
+saved with the model. Training and validation always use the exact scores (the keys move while
+training), and the ESU bias uses the exact scores of the K selected behaviours.
+
+Test extras (``metrics.json`` via ``extra_test_metrics``): ``test/auc_cold_targets`` /
+``test/auc_warm_targets`` (AUC over test lists whose positive item never / sometimes was a
+training target, computed from the DataModule's train split), ``test/n_cold_targets``,
+``test/modality_weight/<m>`` (mean share of modality m in the GSU score of the true targets,
+weighted by the GSU attention, see :meth:`GSU.modality_shares`) and ``test/gamma/<m>``.
+
+Simplified: one attention layer per unit; the GSU score is the head-averaged logit (the
+reference concatenates heads); dropout 0.1 instead of the reference's 0.5 on our small data.
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Dict, Literal, Optional
+
+import torch
+
+from ..modules.seminar_parts import GSU, ColdTargetAUC, MultiHeadTargetAttention, PairEncoder, data_has_queries, \
+    gather_rows, masked_topk
+from .base import RecModel
+
+PRETRAIN_DEFAULTS: Dict[str, Any] = {"epochs": 2}
+
+
+def _psu_kwargs() -> set:
+    from .psu import PSU
+
+    return set(inspect.signature(PSU.__init__).parameters) - {"self", "data_meta", "embed_dim", "num_heads"}
+
+
+class SEMINAR(RecModel):
+    """See the module docstring.
+
+    Args:
+        psu_ckpt: a PSU checkpoint to restore (skips pretraining in ``experiment``).
+        freeze_psu: freeze the restored encoders, gamma and GSU attention.
+        retrieval: ``exact`` or ``pq`` GSU scoring.
+        lambda_q: query weight of the pair fusion (items get 1 - lambda_q).
+        use_gsu: GSU top-K over the whole history (False: the last ``topk`` behaviours).
+        topk: behaviours the ESU attends to.
+        gsu_bias: add the GSU scores of the selected behaviours to the ESU logits.
+        pretrain: PSU settings: ``epochs`` (0 = no pretraining) and any PSU argument
+            (``w_align``, ``w_next``, ``w_relevance``, ``temperature``, ``lr``, ``positions``, ...);
+            ``limit_train_batches`` caps the PSU's batches per epoch.
+        pq: MultiModalPQ settings for ``retrieval: pq`` (n_sub, n_centroids, fit_rows, ...).
+    """
+
+    def __init__(self, psu_ckpt: Optional[str] = None, freeze_psu: bool = False,
+                 retrieval: Literal["exact", "pq"] = "exact", lambda_q: float = 0.5, use_gsu: bool = True,
+                 topk: int = 50, gsu_bias: bool = True, pretrain: Optional[Dict[str, Any]] = None,
+                 pq: Optional[Dict[str, Any]] = None, **kwargs):
+        super().__init__(**kwargs)
+        hp = self.hparams
+        if retrieval not in ("exact", "pq"):
+            raise ValueError(f"retrieval must be 'exact' or 'pq', got {retrieval!r}")
+        if topk < 1:
+            raise ValueError(f"topk must be >= 1, got {topk}")
+        self.pretrain_cfg = self._check_pretrain(pretrain)
+        d, meta = hp.embed_dim, hp.data_meta
+        self.pair = PairEncoder(self.item_encoder.modalities, data_has_queries(meta), lambda_q)
+        self.gsu = GSU(self.pair.names, d, hp.num_heads, hp.dropout)
+        self.esu = MultiHeadTargetAttention(d, hp.num_heads, hp.dropout)
+        self.pq_index = None
+        if retrieval == "pq":
+            self.pq_index = self._make_pq(pq or {})
+        self.cold_auc = ColdTargetAUC()
+        self._cold_items: Optional[torch.Tensor] = None
+        self._shares: list = []
+        self._collect = False
+        self.build_tower()
+        if psu_ckpt:
+            self.restore_psu(psu_ckpt)
+        self._freeze_unused()
+
+    def _freeze_unused(self) -> None:
+        """Parameters that can never get a gradient are frozen (so DDP never waits for them):
+        the query encoder when the pair has no query part, the GSU attention's W_v / out (the GSU
+        scores with W_q, W_k only), and W_q / W_k too unless ``gsu_bias`` feeds the GSU scores on."""
+        off = [self.gsu.attn.v, self.gsu.attn.out]
+        if not (self.hparams.use_gsu and self.hparams.gsu_bias):
+            off += [self.gsu.attn.q, self.gsu.attn.k]
+        if not self.pair.use_query:
+            off.append(self.query_encoder)
+        for mod in off:
+            for prm in mod.parameters():
+                prm.requires_grad_(False)
+
+    # ---------------------------------------------------------------- configuration
+    @staticmethod
+    def _check_pretrain(pretrain: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        cfg = {**PRETRAIN_DEFAULTS, **(pretrain or {})}
+        allowed = _psu_kwargs() | {"epochs", "limit_train_batches"}
+        bad = sorted(set(cfg) - allowed)
+        if bad:
+            raise ValueError(f"unknown pretrain settings {bad}; allowed: {sorted(allowed)}")
+        if int(cfg["epochs"]) < 0:
+            raise ValueError(f"pretrain.epochs must be >= 0, got {cfg['epochs']}")
+        return cfg
+
+    def _make_pq(self, cfg: Dict[str, Any]):
+        try:
+            from ..modules.quantization import MultiModalPQ
+        except ImportError:
+            raise NotImplementedError(
+                "retrieval: pq needs seminar_zoo.modules.quantization (MultiModalPQ), which is not in this "
+                "checkout yet (the multi-modal product quantization issue); use retrieval: exact") from None
+        cfg = dict(cfg)
+        self._pq_fit_rows = int(cfg.pop("fit_rows", 20000))
+        cfg.setdefault("n_centroids", 64)
+        cfg.setdefault("n_sub", 8)
+        return MultiModalPQ(n_modalities=len(self.pair.active), dim=self.hparams.embed_dim, **cfg)
+
+    # ---------------------------------------------------------------- PSU restore
+    def restore_psu(self, path: str) -> None:
+        """Copy encoders, gamma and the target attention from a PSU checkpoint (GSU and ESU)."""
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"psu_ckpt {p} does not exist")
+        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+        state = ckpt.get("state_dict", ckpt)
+        php = ckpt.get("hyper_parameters", {})
+        for k in ("embed_dim", "num_heads"):
+            if k in php and php[k] != self.hparams[k]:
+                raise ValueError(f"psu_ckpt {p}: {k}={php[k]} but SEMINAR has {k}={self.hparams[k]}")
+        mapping = {"item_encoder.": [self.item_encoder], "query_encoder.": [self.query_encoder],
+                   "pair.": [self.pair], "attn.": [self.gsu.attn, self.esu]}
+        for prefix, targets in mapping.items():
+            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if not sub:
+                raise ValueError(f"psu_ckpt {p}: no '{prefix}*' weights; is it a PSU checkpoint?")
+            for t in targets:
+                own = t.state_dict()
+                for k, v in sub.items():
+                    if k in own and own[k].shape != v.shape:
+                        raise ValueError(f"psu_ckpt {p}: {prefix}{k} has shape {tuple(v.shape)}, "
+                                         f"this model expects {tuple(own[k].shape)} (different dataset?)")
+                t.load_state_dict(sub, strict=True)
+        if self.hparams.freeze_psu:
+            for m in (self.item_encoder, self.query_encoder, self.pair, self.gsu.attn):
+                for prm in m.parameters():
+                    prm.requires_grad_(False)
+
+    def before_fit(self, ctx) -> None:
+        """`seminar-zoo experiment`: pretrain the PSU (unless ``psu_ckpt``), save it, restore it."""
+        if self.hparams.psu_ckpt or int(self.pretrain_cfg["epochs"]) == 0:
+            return
+        from .psu import PSU
+
+        cfg = dict(self.pretrain_cfg)
+        epochs = int(cfg.pop("epochs"))
+        limit = cfg.pop("limit_train_batches", None)
+        hp = self.hparams
+        cfg.setdefault("lambda_q", hp.lambda_q)
+        cfg.setdefault("dropout", hp.dropout)
+        cfg.setdefault("max_len", hp.max_len)
+        cfg.setdefault("lr", hp.lr)
+        psu = PSU(data_meta=hp.data_meta, embed_dim=hp.embed_dim, num_heads=hp.num_heads, **cfg)
+        over = dict(max_epochs=epochs, enable_checkpointing=False)
+        if limit is not None:
+            over["limit_train_batches"] = limit
+        trainer = ctx.make_trainer("psu", **over)
+        trainer.fit(psu, ctx.datamodule)
+        path = Path(ctx.run_dir) / "psu" / "psu.ckpt"
+        trainer.save_checkpoint(str(path))
+        if trainer.strategy.world_size > 1:
+            trainer.strategy.barrier("psu_saved")
+        self.hparams.psu_ckpt = str(path)
+        self.restore_psu(str(path))
+
+    # ---------------------------------------------------------------- representations
+    def modal(self, item_ids: torch.Tensor, query_ids: torch.Tensor) -> torch.Tensor:
+        """Weighted per-modality pair vectors [..., M, d] (before G)."""
+        return self.pair(self.item_encoder, self.query_encoder, item_ids, query_ids)
+
+    def pair_vector(self, item_ids: torch.Tensor, query_ids: torch.Tensor) -> torch.Tensor:
+        """G-projected fused pair vectors [..., d] (= gsu.pair(modal(...)), computed per distinct id)."""
+        return self.pair.fused(self.item_encoder, self.query_encoder, item_ids, query_ids, self.gsu.proj)
+
+    def target_vector(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.pair_vector(batch["item_id"], batch["query_id"])
+
+    # ---------------------------------------------------------------- GSU API
+    def gsu_vectors(self, target_modal: torch.Tensor, hist_modal: torch.Tensor):
+        """(target [B, M, d], history [B, L, M, d]): gamma/lambda-weighted, G(j)-projected and
+        attention-projected per-modality vectors; gsu_scores = sum over both M axes of their dot products."""
+        return self.gsu.vectors(target_modal, hist_modal)
+
+    def gsu_scores(self, target_modal: torch.Tensor, hist_modal: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, L] exact GSU scores (padding -> -inf)."""
+        return self.gsu.scores(target_modal, hist_modal, mask)
+
+    def gsu_topk(self, target_modal: torch.Tensor, hist_modal: torch.Tensor, mask: torch.Tensor,
+                 k: Optional[int] = None):
+        """(idx [B, K], selected mask [B, K], scores [B, L]) of the top-K behaviours by the GSU score
+        (approximate PQ scores while ``retrieval: pq`` is active, i.e. at test / predict time)."""
+        k = k or self.hparams.topk
+        if self._pq_active:
+            t, kv = self.gsu_vectors(target_modal, hist_modal)
+            s = self._pq_scores(t, kv, mask)
+        else:
+            s = self.gsu_scores(target_modal, hist_modal, mask)
+        idx, sel = masked_topk(s, mask, k)
+        return idx, sel, s
+
+    # ---------------------------------------------------------------- retrieval: pq
+    @property
+    def _pq_active(self) -> bool:
+        return self.pq_index is not None and getattr(self, "_pq_on", False)
+
+    def _pq_check(self) -> None:
+        if not bool(self.pq_index.is_fitted):
+            raise RuntimeError("retrieval: pq: the quantizer has no codebooks yet; call fit_pq(datamodule)")
+
+    def _pq_scores(self, t: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Approximate GSU scores from per-modality vectors (t [B, M, d], kv [B, L, M, d])."""
+        self._pq_check()
+        codes = self.pq_index.encode(kv.detach().float())
+        return self.pq_index.score(self.pq_index.lut(t.detach().float()), codes, mask)
+
+    @torch.no_grad()
+    def fit_pq(self, dm, seed: int = 0) -> None:
+        """Fit the product quantizer's codebooks on GSU key vectors of training histories.
+
+        Rows are a seeded sample of the train split (the same on every process), so all processes
+        fit the same codebooks.
+        """
+        if self.pq_index is None:
+            raise RuntimeError("fit_pq: this model was built with retrieval: exact")
+        dm.setup()
+        if self.item_encoder.item_attr.abs().sum() == 0 and hasattr(dm, "feature_tables"):
+            self.load_tables(dm.feature_tables())
+        ds = dm.splits["train"]
+        was = self.training
+        self.eval()
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(ds), generator=g)
+        vecs, n = [], 0
+        for s in range(0, len(order), 64):
+            b = ds.__getitems__(order[s:s + 64].tolist())
+            h, q, m = self.history(b)
+            h, q, m = h.to(self.device), q.to(self.device), m.to(self.device)
+            kv = self.gsu.attn.k(self.gsu.proj(self.modal(h, q)))[m]  # [n, M, d] real behaviours only
+            vecs.append(kv.float().cpu())
+            n += kv.shape[0]
+            if n >= self._pq_fit_rows:
+                break
+        self.pq_index.fit(torch.cat(vecs)[: self._pq_fit_rows].to(self.device))
+        self.train(was)
+
+    def before_test(self, ctx) -> None:
+        if self.pq_index is not None:
+            self.fit_pq(ctx.datamodule)
+
+    # ---------------------------------------------------------------- forward
+    def interest(self, batch: Dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        h, q, m = self.history(batch)
+        # rows of one request share their history: encode each distinct history once
+        L = h.shape[1]
+        uniq, inv = torch.unique(torch.cat([h, q], 1), dim=0, return_inverse=True)
+        hu, qu = uniq[:, :L], uniq[:, L:]
+        hist_pair_u = self.pair_vector(hu, qu)  # [U, L, d]
+        hist_pair = hist_pair_u[inv]
+        K = min(self.hparams.topk, L)
+        bias = None
+        if self.hparams.use_gsu:
+            if self._pq_active:
+                # approximate selection: history keys encoded once per distinct history, per-row tables
+                self._pq_check()
+                t = self.gsu.attn.q(self.gsu.proj(self.modal(batch["item_id"], batch["query_id"]))) * self.gsu.scale
+                k_u = self.gsu.attn.k(self.gsu.proj(self.modal(hu, qu)))  # [U, L, M, d]
+                codes = self.pq_index.encode(k_u.float())[inv]
+                s_pq = self.pq_index.score(self.pq_index.lut(t.float()), codes, m)
+                idx, sel = masked_topk(s_pq, m, K)
+                if self.hparams.gsu_bias:  # exact scores of the K selected only
+                    k_sel = gather_rows(self.gsu.attn.k(hist_pair_u)[inv], idx)
+                    bias = self.gsu.scores_from_keys(target, k_sel, sel).masked_fill(~sel, 0.0)
+            else:
+                s = self.gsu.scores_from_keys(target, self.gsu.attn.k(hist_pair_u)[inv], m)
+                idx, sel = masked_topk(s, m, K)
+                if self.hparams.gsu_bias:
+                    bias = gather_rows(s, idx).masked_fill(~sel, 0.0)
+            keys = gather_rows(hist_pair, idx)
+        else:
+            idx = torch.arange(L - K, L, device=h.device).expand(h.shape[0], K)
+            keys, sel = hist_pair[:, -K:], m[:, -K:]
+        if self._collect:
+            self._collect_shares(batch, target, hu, qu, inv, m)
+        return self.esu(target, keys, sel, bias=bias)
+
+    # ---------------------------------------------------------------- test extras
+    def _collect_shares(self, batch, target, hu, qu, inv, m) -> None:
+        pos = batch["label"] > 0.5
+        if not bool(pos.any()):
+            return
+        with torch.no_grad():
+            sh = self.gsu.modality_shares(target[pos], self.modal(hu[inv[pos]], qu[inv[pos]]), m[pos])
+        self._shares.append(sh.float().cpu())
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "splits"):
+            self._cold_items = self.cold_items_from(dm)
+
+    @staticmethod
+    def cold_items_from(dm) -> torch.Tensor:
+        """Bool [n_items + 1]: items that are never a positive training target of ``dm``."""
+        dm.setup()
+        tr = dm.splits["train"]
+        pos_items = tr.item[tr.label > 0.5]
+        n = int(dm.data_meta["n_items"])
+        cold = torch.ones(n + 1, dtype=torch.bool)
+        cold[torch.as_tensor(pos_items, dtype=torch.long)] = False
+        cold[0] = False
+        return cold
+
+    def on_test_epoch_start(self) -> None:
+        if self.pq_index is not None:
+            if not bool(self.pq_index.is_fitted):
+                self.fit_pq(self.trainer.datamodule)
+            self._pq_on = True
+        self.cold_auc.reset()
+        self._shares = []
+        self._collect = True
+
+    def test_step(self, batch, batch_idx):
+        loss = super().test_step(batch, batch_idx)
+        self.cold_auc.update(self._last_logits, batch["label"], batch["request_id"], batch["item_id"])
+        return loss
+
+    def forward(self, batch):
+        logits = super().forward(batch)
+        self._last_logits = logits.detach()
+        return logits
+
+    def on_predict_epoch_start(self) -> None:
+        if self.pq_index is not None:
+            if not bool(self.pq_index.is_fitted):
+                self.fit_pq(self.trainer.datamodule)
+            self._pq_on = True
+
+    def on_predict_epoch_end(self) -> None:
+        self._pq_on = False
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        self._collect = False
+        self._pq_on = False
+        extra: Dict[str, float] = {}
+        if self._cold_items is not None:
+            per_row = getattr(getattr(self.trainer, "datamodule", None), "hparams", {}).get("protocol") == "ctr"
+            res = self.cold_auc.compute_split(self._cold_items, per_row=per_row)
+            if res:
+                extra.update({"test/auc_cold_targets": res["cold"], "test/auc_warm_targets": res["warm"],
+                              "test/n_cold_targets": res["n_cold"], "test/n_warm_targets": res["n_warm"]})
+        names = self.pair.active
+        if self._shares:
+            sh = torch.cat(self._shares).sum(0)
+            n = torch.tensor(float(sum(x.shape[0] for x in self._shares)))
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                both = torch.cat([sh, n.view(1)]).to(self.device)
+                torch.distributed.all_reduce(both)
+                sh, n = both[:-1].cpu(), both[-1].cpu()
+            for i, name in enumerate(names):
+                extra[f"test/modality_weight/{name}"] = float(sh[i] / n)
+        for i, name in enumerate(self.pair.names):
+            extra[f"test/gamma/{name}"] = float(self.pair.gamma[i])
+        self.extra_test_metrics.update(extra)
+        self.cold_auc.reset()
+        self._shares = []

@@ -1,0 +1,254 @@
+"""SEMINAR finetuning: GSU / ESU shapes and masks, PSU restore, G(j) gradients, lambda fusion, fitting."""
+import copy
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from seminar_zoo.models.psu import PSU
+from seminar_zoo.models.seminar import SEMINAR
+from seminar_zoo.modules.seminar_parts import GSU, MultiHeadTargetAttention, masked_topk
+
+
+def _model(dm, seed=0, **kw):
+    torch.manual_seed(seed)
+    kw.setdefault("dropout", 0.0)
+    m = SEMINAR(data_meta=kw.pop("data_meta", dm.data_meta), embed_dim=16, num_heads=2, topk=kw.pop("topk", 8), **kw)
+    m.load_tables(dm.feature_tables())
+    return m
+
+
+def _batch(dm, n=32):
+    ds = dm.splits["train"]
+    return ds.__getitems__(list(range(n)))
+
+
+def _trainer(tmp_path, **kw):
+    return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path), **kw)
+
+
+def _short_history(b, keep):
+    """Left-pad all but the last ``keep`` behaviours of every row (as a short user would have)."""
+    b = dict(b)
+    L = b["hist_item_id"].shape[1]
+    pad = torch.arange(L) < L - keep
+    b["hist_item_id"] = b["hist_item_id"].masked_fill(pad, 0)
+    b["hist_query_id"] = b["hist_query_id"].masked_fill(pad, 0)
+    b["hist_mask"] = b["hist_mask"] & ~pad
+    return b
+
+
+# --------------------------------------------------------------------------- GSU / ESU
+def test_gsu_shapes_scores_and_vectors_agree(tiny_dm):
+    m = _model(tiny_dm)
+    b = _short_history(_batch(tiny_dm), keep=30)
+    tm = m.modal(b["item_id"], b["query_id"])
+    hm = m.modal(b["hist_item_id"], b["hist_query_id"])
+    B, L = b["hist_item_id"].shape
+    M = len(m.pair.active)
+    assert tm.shape == (B, M, 16) and hm.shape == (B, L, M, 16)
+    s = m.gsu_scores(tm, hm, b["hist_mask"])
+    assert s.shape == (B, L)
+    assert bool(torch.isinf(s[~b["hist_mask"]]).all()) and bool(torch.isfinite(s[b["hist_mask"]]).all())
+    t, k = m.gsu_vectors(tm, hm)
+    assert t.shape == (B, M, 16) and k.shape == (B, L, M, 16)
+    via = torch.einsum("bid,bljd->bl", t, k)
+    torch.testing.assert_close(via[b["hist_mask"]], s[b["hist_mask"]], rtol=1e-4, atol=1e-5)
+    # the fused per-id path equals the per-modality path
+    torch.testing.assert_close(m.pair_vector(b["hist_item_id"], b["hist_query_id"]), m.gsu.pair(hm), rtol=1e-5, atol=1e-6)
+
+
+def test_gsu_topk_never_selects_padding(tiny_dm):
+    m = _model(tiny_dm)
+    b = _short_history(_batch(tiny_dm), keep=5)  # 5 valid behaviours, K = 8
+    tm = m.modal(b["item_id"], b["query_id"])
+    hm = m.modal(b["hist_item_id"], b["hist_query_id"])
+    idx, sel, s = m.gsu_topk(tm, hm, b["hist_mask"])
+    assert idx.shape == sel.shape == (32, 8)
+    assert bool((sel.sum(1) == 5).all())  # all 5 valid kept, the 3 extra slots masked
+    assert bool(b["hist_mask"].gather(1, idx)[sel].all())
+    assert torch.equal(b["hist_mask"].gather(1, idx), sel)
+    # with enough valid behaviours every selected slot is valid and they are the K best
+    b2 = _short_history(_batch(tiny_dm), keep=30)
+    hm2 = m.modal(b2["hist_item_id"], b2["hist_query_id"])
+    idx2, sel2, s2 = m.gsu_topk(tm, hm2, b2["hist_mask"])
+    assert bool(sel2.all())
+    kth = s2.gather(1, idx2).min(1).values
+    others = s2.scatter(1, idx2, float("-inf")).max(1).values
+    assert bool((kth >= others).all())
+
+
+def test_masked_topk_k_larger_than_length():
+    s = torch.randn(2, 4)
+    mask = torch.tensor([[False, True, True, True], [False, False, False, False]])
+    idx, sel = masked_topk(s, mask, 10)
+    assert idx.shape == (2, 4)
+    assert sel[0].sum() == 3 and not bool(sel[1].any())
+
+
+def test_esu_masks_padding_and_empty_rows():
+    torch.manual_seed(0)
+    att = MultiHeadTargetAttention(8, 2)
+    t, keys = torch.randn(3, 8), torch.randn(3, 5, 8)
+    mask = torch.tensor([[1, 1, 0, 0, 1], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    bias = torch.randn(3, 5)
+    out = att(t, keys, mask, bias=bias)
+    keys2, bias2 = keys.clone(), bias.clone()
+    keys2[~mask] = 100.0  # padding content must not matter
+    bias2[~mask] = 50.0
+    out2 = att(t, keys2, mask, bias=bias2)
+    assert out.shape == (3, 8)
+    torch.testing.assert_close(out, out2)
+    assert not torch.allclose(out[:2], att(t, keys, mask)[:2])  # the bias does act on valid slots
+    assert torch.equal(out[2], torch.zeros(8))  # no valid behaviour -> zero, not NaN
+    # multi-target form agrees with the single-target one
+    multi = att.forward_multi(t.unsqueeze(1), keys, mask.unsqueeze(1)).squeeze(1)
+    torch.testing.assert_close(multi, att(t, keys, mask), rtol=1e-5, atol=1e-6)
+
+
+def test_use_gsu_false_reads_only_the_last_k(tiny_dm):
+    m = _model(tiny_dm, use_gsu=False).eval()
+    b = _batch(tiny_dm)
+    b2 = dict(b)
+    h = b["hist_item_id"].clone()
+    h[:, :-8] = torch.randint(1, tiny_dm.data_meta["n_items"] + 1, h[:, :-8].shape)
+    b2["hist_item_id"] = h
+    with torch.no_grad():
+        torch.testing.assert_close(m(b), m(b2))
+    m2 = _model(tiny_dm, use_gsu=True).eval()
+    with torch.no_grad():
+        assert not torch.allclose(m2(b), m2(b2))
+
+
+# --------------------------------------------------------------------------- restore / gradients / lambda
+@pytest.fixture(scope="module")
+def psu_ckpt(tiny_dm, tmp_path_factory):
+    torch.manual_seed(1)
+    psu = PSU(data_meta=tiny_dm.data_meta, embed_dim=16, num_heads=2, dropout=0.0)
+    tmp = tmp_path_factory.mktemp("psu")
+    tr = _trainer(tmp, max_steps=2, limit_val_batches=0)
+    tr.fit(psu, tiny_dm)
+    path = tmp / "psu.ckpt"
+    tr.save_checkpoint(str(path))
+    return path, psu
+
+
+def test_restore_from_psu_checkpoint_gives_identical_embeddings(tiny_dm, psu_ckpt):
+    path, psu = psu_ckpt
+    m = _model(tiny_dm, psu_ckpt=str(path))
+    b = _batch(tiny_dm)
+    ids, qids = b["hist_item_id"], b["hist_query_id"]
+    with torch.no_grad():
+        torch.testing.assert_close(m.item_encoder(ids), psu.item_encoder(ids), rtol=0, atol=0)
+        torch.testing.assert_close(m.query_encoder(qids), psu.query_encoder(qids), rtol=0, atol=0)
+        # G(j) start at the identity: the GSU's pair vectors are the PSU's
+        torch.testing.assert_close(m.pair_vector(ids, qids),
+                                   psu.pair.fused(psu.item_encoder, psu.query_encoder, ids, qids), rtol=0, atol=1e-6)
+    assert torch.equal(m.pair.gamma, psu.pair.gamma)
+    for name in ("q", "k", "v", "out"):
+        assert torch.equal(getattr(m.gsu.attn, name).weight, getattr(psu.attn, name).weight)
+        assert torch.equal(getattr(m.esu, name).weight, getattr(psu.attn, name).weight)
+    # a fresh model is different; freeze_psu freezes what was restored, not G(j)
+    assert not torch.equal(_model(tiny_dm).item_encoder.id_emb.weight, psu.item_encoder.id_emb.weight)
+    f = _model(tiny_dm, psu_ckpt=str(path), freeze_psu=True)
+    assert not f.item_encoder.id_emb.weight.requires_grad and not f.pair.gamma.requires_grad
+    assert f.gsu.proj.weight.requires_grad and f.esu.q.weight.requires_grad
+
+
+def test_restore_rejects_a_mismatched_checkpoint(tiny_dm, psu_ckpt, tmp_path):
+    path, _ = psu_ckpt
+    with pytest.raises(ValueError, match="embed_dim"):
+        SEMINAR(data_meta=tiny_dm.data_meta, embed_dim=32, num_heads=2, psu_ckpt=str(path))
+    with pytest.raises(FileNotFoundError, match="psu_ckpt"):
+        SEMINAR(data_meta=tiny_dm.data_meta, embed_dim=16, num_heads=2, psu_ckpt=str(tmp_path / "nope.ckpt"))
+    with pytest.raises(ValueError, match="unknown pretrain settings"):
+        SEMINAR(data_meta=tiny_dm.data_meta, embed_dim=16, num_heads=2, pretrain={"epochs": 1, "w_algn": 1.0})
+
+
+def test_gradients_reach_every_G_projection_and_the_gsu(tiny_dm):
+    m = _model(tiny_dm)
+    b = _batch(tiny_dm)
+    m(b).sum().backward()
+    g = m.gsu.proj.weight.grad
+    names = m.pair.active
+    assert g is not None and g.shape[0] == len(m.pair.names)
+    for j, name in enumerate(names):
+        assert float(g[j].abs().sum()) > 0, f"no gradient reaches G({name})"
+    assert float(m.pair.gamma.grad[: len(names)].abs().sum()) > 0
+    # the GSU's W_q / W_k train through the ESU bias (top-K itself is not differentiable)
+    assert float(m.gsu.attn.q.weight.grad.abs().sum()) > 0 and float(m.gsu.attn.k.weight.grad.abs().sum()) > 0
+
+
+def test_lambda_zero_ignores_queries(tiny_dm):
+    b = _batch(tiny_dm)
+    b2 = dict(b)
+    nq = tiny_dm.data_meta["n_queries"]
+    b2["query_id"] = torch.randint(0, nq + 1, b["query_id"].shape)
+    b2["hist_query_id"] = torch.randint(0, nq + 1, b["hist_query_id"].shape) * b["hist_mask"]
+    m0 = _model(tiny_dm, lambda_q=0.0).eval()
+    assert "query" not in m0.pair.active
+    with torch.no_grad():
+        torch.testing.assert_close(m0(b), m0(b2), rtol=0, atol=0)
+    m5 = _model(tiny_dm, lambda_q=0.5).eval()
+    with torch.no_grad():
+        assert not torch.allclose(m5(b), m5(b2))
+
+
+def test_lambda_has_no_effect_without_queries(tiny_dm):
+    meta = copy.deepcopy(tiny_dm.data_meta)
+    meta["n_queries"] = 0
+    meta["modalities"] = [x for x in meta["modalities"] if x != "query"]
+    b = _batch(tiny_dm)
+    b = {**b, "query_id": torch.zeros_like(b["query_id"]), "hist_query_id": torch.zeros_like(b["hist_query_id"])}
+    outs = []
+    for lam in (0.1, 0.9):
+        m = _model(tiny_dm, data_meta=meta, lambda_q=lam).eval()
+        assert m.pair.active == m.item_encoder.modalities
+        with torch.no_grad():
+            outs.append(m(b))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+def test_retrieval_pq_is_wired_or_clearly_missing(tiny_dm):
+    try:
+        import seminar_zoo.modules.quantization  # noqa: F401
+    except ImportError:
+        with pytest.raises(NotImplementedError, match="quantization"):
+            _model(tiny_dm, retrieval="pq")
+        return
+    m = _model(tiny_dm, retrieval="pq", pq={"n_sub": 2, "n_centroids": 16, "fit_rows": 2000}).eval()
+    m.fit_pq(tiny_dm)
+    b = _short_history(_batch(tiny_dm), keep=30)
+    tm = m.modal(b["item_id"], b["query_id"])
+    hm = m.modal(b["hist_item_id"], b["hist_query_id"])
+    idx, sel, s = m.gsu_topk(tm, hm, b["hist_mask"])
+    assert bool(b["hist_mask"].gather(1, idx)[sel].all())
+    exact = masked_topk(m.gsu_scores(tm, hm, b["hist_mask"]), b["hist_mask"], 8)[0]
+    overlap = torch.tensor([len(set(a.tolist()) & set(e.tolist())) for a, e in zip(idx, exact)]).float().mean() / 8
+    assert overlap > 0.5  # approximate retrieval finds most of the exact top-K
+
+
+# --------------------------------------------------------------------------- fitting
+def test_tiny_seminar_fits_and_tests(tiny_dm, tmp_path):
+    m = _model(tiny_dm, dropout=0.1)
+    before = m.gsu.proj.weight.detach().clone()
+    tr = _trainer(tmp_path, max_steps=3, limit_val_batches=0)
+    tr.fit(m, tiny_dm)
+    assert torch.isfinite(tr.logged_metrics["train/loss"])
+    assert not torch.equal(before, m.gsu.proj.weight)  # G(j) trained
+    _trainer(tmp_path, limit_test_batches=4).test(m, tiny_dm, verbose=False)  # 4 x 500 rows = 20 lists
+    x = m.extra_test_metrics
+    for k in ("test/auc_cold_targets", "test/auc_warm_targets", "test/n_cold_targets"):
+        assert k in x
+    shares = [x[f"test/modality_weight/{n}"] for n in m.pair.active]
+    assert sum(shares) == pytest.approx(1.0, abs=1e-4) and min(shares) >= 0
+    assert x["test/n_cold_targets"] + x["test/n_warm_targets"] == 20
+
+
+def test_cold_items_are_never_training_targets(tiny_dm):
+    cold = SEMINAR.cold_items_from(tiny_dm)
+    tr = tiny_dm.splits["train"]
+    assert not bool(cold[torch.as_tensor(tr.item)].any())
+    meta_cold = torch.tensor(__import__("json").loads((tiny_dm.path / "meta.json").read_text())["cold_items"])
+    assert bool(cold[meta_cold].all())  # the generator's cold items are among them

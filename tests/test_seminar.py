@@ -227,6 +227,11 @@ def test_retrieval_pq_is_wired_or_clearly_missing(tiny_dm):
     exact = masked_topk(m.gsu_scores(tm, hm, b["hist_mask"]), b["hist_mask"], 8)[0]
     overlap = torch.tensor([len(set(a.tolist()) & set(e.tolist())) for a, e in zip(idx, exact)]).float().mean() / 8
     assert overlap > 0.5  # approximate retrieval finds most of the exact top-K
+    tr = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                    limit_test_batches=2)
+    tr.test(m, tiny_dm, verbose=False)
+    r = m.extra_test_metrics["test/gsu/recall@8"]
+    assert 0.5 < r <= 1.0
 
 
 # --------------------------------------------------------------------------- fitting

@@ -39,7 +39,8 @@ Test extras (``metrics.json`` via ``extra_test_metrics``): ``test/auc_cold_targe
 ``test/auc_warm_targets`` (AUC over test lists whose positive item never / sometimes was a
 training target, computed from the DataModule's train split), ``test/n_cold_targets``,
 ``test/modality_weight/<m>`` (mean share of modality m in the GSU score of the true targets,
-weighted by the GSU attention, see :meth:`GSU.modality_shares`) and ``test/gamma/<m>``.
+weighted by the GSU attention, see :meth:`GSU.modality_shares`), ``test/gamma/<m>`` and, with
+``retrieval: pq``, ``test/gsu/recall@K`` (share of the exact GSU's top-K that the PQ top-K finds).
 
 Simplified: one attention layer per unit; the GSU score is the head-averaged logit (the
 reference concatenates heads); dropout 0.1 instead of the reference's 0.5 on our small data.
@@ -103,6 +104,7 @@ class SEMINAR(RecModel):
         self.cold_auc = ColdTargetAUC()
         self._cold_items: Optional[torch.Tensor] = None
         self._shares: list = []
+        self._recall: list = []
         self._collect = False
         self.build_tower()
         if psu_ckpt:
@@ -308,6 +310,12 @@ class SEMINAR(RecModel):
                 codes = self.pq_index.encode(k_u.float())[inv]
                 s_pq = self.pq_index.score(self.pq_index.lut(t.float()), codes, m)
                 idx, sel = masked_topk(s_pq, m, K)
+                if self._collect:  # recall@K of the exact GSU's top-K
+                    with torch.no_grad():
+                        ex, ex_sel = masked_topk(self.gsu.scores_from_keys(target, self.gsu.attn.k(hist_pair_u)[inv], m), m, K)
+                        hit = torch.zeros_like(m).scatter(1, idx, sel)
+                        found = (hit.gather(1, ex) & ex_sel).sum(1).float()
+                        self._recall.append(torch.stack([found.sum(), ex_sel.sum().float()]).cpu())
                 if self.hparams.gsu_bias:  # exact scores of the K selected only
                     k_sel = gather_rows(self.gsu.attn.k(hist_pair_u)[inv], idx)
                     bias = self.gsu.scores_from_keys(target, k_sel, sel).masked_fill(~sel, 0.0)
@@ -358,6 +366,7 @@ class SEMINAR(RecModel):
             self._pq_on = True
         self.cold_auc.reset()
         self._shares = []
+        self._recall = []
         self._collect = True
 
     def test_step(self, batch, batch_idx):
@@ -400,6 +409,12 @@ class SEMINAR(RecModel):
                 sh, n = both[:-1].cpu(), both[-1].cpu()
             for i, name in enumerate(names):
                 extra[f"test/modality_weight/{name}"] = float(sh[i] / n)
+        if self._recall:
+            r = torch.stack(self._recall).sum(0).double()
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                r = r.to(self.device)
+                torch.distributed.all_reduce(r)
+            extra[f"test/gsu/recall@{self.hparams.topk}"] = float(r[0] / r[1].clamp_min(1))
         for i, name in enumerate(self.pair.names):
             extra[f"test/gamma/{name}"] = float(self.pair.gamma[i])
         self.extra_test_metrics.update(extra)

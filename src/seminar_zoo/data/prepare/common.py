@@ -329,6 +329,21 @@ def encode_attr(values: Sequence, min_count: int = 1, unknown=(None, "")) -> Tup
     return out, len(vocab), vocab
 
 
+def encode_attr_int(values: np.ndarray, min_count: int = 1) -> Tuple[np.ndarray, int]:
+    """Integer ids (0 = unknown) -> codes 1..C by descending frequency (ties by value); rare -> 0."""
+    v = np.asarray(values, np.int64)
+    known = v != 0
+    uniq, inv, cnt = np.unique(v[known], return_inverse=True, return_counts=True)
+    order = np.lexsort((uniq, -cnt))  # frequency desc, then value
+    rank = np.empty(len(uniq), np.int64)
+    rank[order] = np.arange(1, len(uniq) + 1)
+    rank[cnt < min_count] = 0
+    card = int((cnt >= min_count).sum())
+    out = np.zeros(len(v), np.int64)
+    out[known] = rank[inv]
+    return out, card
+
+
 def year_bucket(year: Optional[int]) -> int:
     """Release-year bucket: 0 unknown, 1 <1940, 2 1940s ... 6 1980s, 7 1990-94, 8 1995-99, 9 2000s, 10 2010s, 11 >=2020."""
     if year is None:

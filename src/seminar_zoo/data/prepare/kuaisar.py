@@ -150,45 +150,55 @@ def _numeric(s, path, lines, name, integer=True) -> np.ndarray:
 
 
 def read_items(path: Path, item_codes: np.ndarray, chunksize: int, quiet: bool):
-    """Features of the items in ``item_codes`` (sorted raw ids), in that order."""
+    """Features of the items in ``item_codes`` (sorted raw ids), in that order.
+
+    Integer-id attributes come back as int64 arrays (0 = unknown), string attributes
+    as lists (None = unknown); duplicate rows of an item keep the first.
+    """
+    import pandas as pd
+
     n = len(item_codes)
     found = np.zeros(n, bool)
-    raw_attr: Dict[str, list] = {}
+    raw_attr: Dict[str, object] = {}
     captions: List[List[int]] = [[] for _ in range(n)]
-    present = []
     for line0, df in C.iter_csv_chunks(path, ITEM_COLS, optional=ITEM_OPTIONAL, chunksize=chunksize,
                                        desc="item_features", quiet=quiet):
-        if not present:
-            present = [c for c in ITEM_OPTIONAL if c in df.columns]
-            for a, (col, _) in ATTRS.items():
+        if not raw_attr:
+            for a, (col, is_id) in ATTRS.items():
                 if col in df.columns:
-                    raw_attr[a] = [None] * n
+                    raw_attr[a] = np.zeros(n, np.int64) if is_id else [None] * n
         ids = C.column_numbers(df, "item_id", path, line0)
-        pos = np.searchsorted(item_codes, ids)
-        pos = np.minimum(pos, n - 1)
+        pos = np.minimum(np.searchsorted(item_codes, ids), n - 1)
         hit = np.flatnonzero(item_codes[pos] == ids)
-        for r in hit.tolist():
-            k = int(pos[r])
-            if found[k]:
-                continue  # duplicate row: keep the first
-            found[k] = True
-            line = line0 + r
-            for a in raw_attr:
-                col, is_id = ATTRS[a]
-                s = str(df[col].iloc[r]).strip()
-                if is_id:
-                    if s in UNKNOWN_STRINGS:
-                        continue
-                    try:
-                        v = int(float(s))
-                    except ValueError:
-                        raise C.bad(path, line, col, f"not an integer id: {s!r}") from None
-                    raw_attr[a][k] = v if v != 0 else None
-                else:
-                    raw_attr[a][k] = None if s in UNKNOWN_STRINGS else s
-            if "caption" in df.columns:
-                captions[k] = C.parse_int_list(str(df["caption"].iloc[r]), path, line, "caption")
-    return found, raw_attr, captions, present
+        if not len(hit):
+            continue
+        _, first = np.unique(pos[hit], return_index=True)  # first row of each item in this chunk
+        hit = np.sort(hit[first])
+        hit = hit[~found[pos[hit]]]  # ... and not seen in an earlier chunk
+        if not len(hit):
+            continue
+        k = pos[hit]
+        found[k] = True
+        sub = df.iloc[hit]
+        lines = line0 + hit
+        for a, store in raw_attr.items():
+            col, is_id = ATTRS[a]
+            vals = sub[col].astype(str).str.strip()
+            unk = vals.isin(UNKNOWN_STRINGS).to_numpy()
+            if is_id:
+                num = pd.to_numeric(vals.where(~unk, "0"), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+                badm = ~np.isfinite(num) | (num != np.round(num)) | (num < 0)
+                if badm.any():
+                    i = int(np.flatnonzero(badm)[0])
+                    raise C.bad(path, int(lines[i]), col, f"not an integer id: {vals.iloc[i]!r}")
+                store[k] = num.astype(np.int64)
+            else:
+                for kk, v, u in zip(k.tolist(), vals.tolist(), unk.tolist()):
+                    store[kk] = None if u else v
+        if "caption" in sub.columns:
+            for kk, cap, ln in zip(k.tolist(), sub["caption"].astype(str).tolist(), lines.tolist()):
+                captions[kk] = C.parse_int_list(cap, path, ln, "caption")
+    return found, raw_attr, captions
 
 
 def _flat(seqs) -> tuple:
@@ -219,7 +229,7 @@ def prepare(raw, out, min_user_interactions: int = 3, token_dim: int = 64, min_a
                                      request_key=arr["rkey"], min_user_pos=min_user_interactions)
     del arr
     item_codes = info["maps"]["item"]
-    found, raw_attr, captions, present = read_items(item_p, item_codes, chunksize, quiet)
+    found, raw_attr, captions = read_items(item_p, item_codes, chunksize, quiet)
     n = len(item_codes)
 
     items = {"item_id": np.arange(1, n + 1, dtype=np.int64)}
@@ -227,7 +237,11 @@ def prepare(raw, out, min_user_interactions: int = 3, token_dim: int = 64, min_a
     for a in ATTRS:
         if a not in raw_attr:
             continue
-        codes, card, _ = C.encode_attr(raw_attr[a], min_count=min_attr_count)
+        vals = raw_attr[a]
+        if isinstance(vals, np.ndarray):
+            codes, card = C.encode_attr_int(vals, min_count=min_attr_count)
+        else:
+            codes, card, _ = C.encode_attr(vals, min_count=min_attr_count)
         if card == 0:
             continue  # the column exists but carries nothing for the kept items
         items[a] = codes

@@ -1,0 +1,219 @@
+"""MovieLens-100K comparison: every available model x 3 seeds x {ranking, ctr} -> experiments/results/ml100k.md.
+
+Run through ``experiments/real/ml100k.sh`` (or ``python experiments/real/ml100k.py``) from the
+repository root. Steps:
+
+1. prepare ``runs/data/ml100k`` (ranking: every rating is an interaction) and
+   ``runs/data/ml100k_ctr`` (ctr: rating >= 4 -> 1, else 0) from ``--raw``
+   (default ``../shared/data/ml-100k``) with the text encoder (default minilm when the
+   ``text`` extra is installed, else hash -- the table says which);
+2. for each model config that exists at run time (DIN, SIM hard/soft, ETA, SDIM, TWIN,
+   SEMINAR exact, SEMINAR pq) and each seed, ``seminar-zoo experiment`` with
+   ``experiments/datasets/ml100k.yaml`` merged after the model config; a run whose
+   ``metrics.json`` exists is skipped, so the script resumes after an interruption;
+3. aggregates with ``seminar-zoo compare`` when it exists (else a built-in mean/std) and
+   writes the markdown table with the protocol, negatives, seeds and settings in its header.
+
+Seeds vary ``seed_everything`` (model initialisation, dropout); the DataModule seed is
+fixed at 0, so every run sees the same training negatives and the same 99 evaluation
+negatives per target (paired comparison across models).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent / "seminar-zoo"
+
+# label, config path, extra overrides (dataset-specific attribute names etc.)
+MODELS = [
+    ("DIN", "baselines/din.yaml", []),
+    ("SIM", "baselines/sim_hard.yaml", ["--model.init_args.category_attr", "attr_genre1"]),
+    ("ETA", "baselines/eta.yaml", []),
+    ("SDIM", "baselines/sdim.yaml", []),
+    ("TWIN", "baselines/twin.yaml", []),
+    ("SEMINAR", "experiments/seminar.yaml", ["--model.init_args.retrieval", "exact"]),
+    ("SEMINAR-pq", "experiments/seminar_pq.yaml", []),
+]
+WANTED = ["DIN", "SIM", "ETA", "SDIM", "TWIN", "SEMINAR (exact)", "SEMINAR (pq)"]
+PROTOCOLS = {
+    "ranking": {"metrics": ["test/ndcg@10", "test/hr@10", "test/mrr", "test/auc", "fit_seconds"],
+                "data": "runs/data/ml100k", "overrides": []},
+    "ctr": {"metrics": ["test/auc", "test/gauc", "fit_seconds"], "data": "runs/data/ml100k_ctr",
+            "overrides": ["--data.protocol", "ctr", "--data.train_window", "5"]},
+}
+NAMES = {"test/ndcg@10": "NDCG@10", "test/hr@10": "HR@10", "test/mrr": "MRR", "test/auc": "AUC",
+         "test/gauc": "GAUC", "fit_seconds": "fit s"}
+
+
+def sh(cmd, log=None, env=None):
+    print("+", " ".join(map(str, cmd)), flush=True)
+    if log is None:
+        return subprocess.run(list(map(str, cmd)), cwd=ROOT, env=env).returncode
+    with open(log, "w") as fh:
+        return subprocess.run(list(map(str, cmd)), cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+
+
+def prepare(args) -> str:
+    enc = args.text_encoder
+    if enc == "auto":
+        sys.path.insert(0, str(ROOT / "src"))
+        from seminar_zoo.data.text_encoders import minilm_available
+
+        enc = "minilm" if minilm_available() else "hash"
+    for proto, spec in PROTOCOLS.items():
+        out = ROOT / spec["data"]
+        meta = out / "meta.json"
+        if meta.exists() and not args.force_prepare:
+            m = json.loads(meta.read_text())
+            if m.get("text", {}).get("encoder", {}).get("name") == enc:
+                continue
+        rc = sh([BIN, "prepare", "movielens", "--raw", args.raw, "--out", out, "--protocol", proto,
+                 "--text-encoder", enc])
+        if rc:
+            raise SystemExit(f"prepare movielens --protocol {proto} failed (exit {rc})")
+    return enc
+
+
+def run_all(args, models):
+    env = dict(os.environ)
+    env.setdefault("WANDB_MODE", "disabled")
+    failures = []
+    for label, cfg, extra in models:  # model-major: each model completes before the next starts
+        for proto, spec in PROTOCOLS.items():
+            if proto not in args.protocols:
+                continue
+            for seed in args.seeds:
+                run = ROOT / args.runs / proto / label / f"seed{seed}"
+                if (run / "metrics.json").exists():
+                    continue
+                run.mkdir(parents=True, exist_ok=True)
+                cmd = [BIN, "experiment", "--config", cfg, "--config", "experiments/datasets/ml100k.yaml",
+                       "--data.path", spec["data"], *spec["overrides"], *extra,
+                       "--run_dir", run, "--name", label, "--seed_everything", seed,
+                       "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", args.epochs,
+                       *args.extra]
+                t0 = time.time()
+                rc = sh(cmd, log=run / "log.txt", env=env)
+                print(f"  {proto} {label} seed {seed}: exit {rc} in {time.time() - t0:.0f}s", flush=True)
+                if rc:
+                    tail = (run / "log.txt").read_text().strip().splitlines()[-1:] or [""]
+                    failures.append(f"{label} ({proto}, seed {seed}): exit {rc}: {tail[0][:200]}")
+    return failures
+
+
+def _fmt(xs):
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not xs:
+        return "n/a"
+    m = sum(xs) / len(xs)
+    s = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
+    return f"{m:.1f} ± {s:.1f}" if abs(m) >= 10 else f"{m:.4f} ± {s:.4f}"
+
+
+def builtin_table(proto_dir: Path, metrics, order):
+    rows = {}
+    for f in sorted(proto_dir.glob("*/seed*/metrics.json")):
+        d = json.loads(f.read_text())
+        rows.setdefault(d.get("name") or d["model"], []).append(d)
+    lines = ["| model | n | " + " | ".join(NAMES.get(m, m) for m in metrics) + " |",
+             "|---|---|" + "---|" * len(metrics)]
+    for label in sorted(rows, key=lambda k: order.index(k) if k in order else 99):
+        rs = rows[label]
+        lines.append(f"| {label} | {len(rs)} | " + " | ".join(_fmt([r.get(m) for r in rs]) for m in metrics) + " |")
+    return "\n".join(lines), sum(len(v) for v in rows.values())
+
+
+def compare_table(proto_dir: Path, metrics, out: Path):
+    rc = sh([BIN, "compare", proto_dir, "--out", out, "--metrics", *metrics], log=out.parent / f"{out.name}.log")
+    f = out / "table.md"
+    return f.read_text().strip() if rc == 0 and f.exists() else None
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--raw", default=str(ROOT.parent / "shared" / "data" / "ml-100k"))
+    ap.add_argument("--runs", default="runs/real/ml100k", help="run folders (relative to the repo root)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                    help="further `seminar-zoo experiment` overrides, passed to every run (must come last)")
+    ap.add_argument("--protocols", nargs="+", default=["ranking", "ctr"], choices=list(PROTOCOLS))
+    ap.add_argument("--models", nargs="+", default=None, help="labels to run (default: all whose config exists)")
+    ap.add_argument("--text-encoder", default="auto", choices=["auto", "minilm", "hash"])
+    ap.add_argument("--force-prepare", action="store_true")
+    ap.add_argument("--out", default="experiments/results/ml100k.md")
+    ap.add_argument("--table-only", action="store_true", help="only aggregate existing runs")
+    args = ap.parse_args(argv)
+
+    models = [m for m in MODELS if (ROOT / m[1]).exists() and (args.models is None or m[0] in args.models)]
+    missing = [m[0] for m in MODELS if not (ROOT / m[1]).exists()]
+    t0 = time.time()
+    enc = prepare(args) if not args.table_only else "see meta.json"
+    failures = [] if args.table_only else run_all(args, models)
+    wall = time.time() - t0
+
+    metas = {p: json.loads((ROOT / s["data"] / "meta.json").read_text()) for p, s in PROTOCOLS.items()
+             if (ROOT / s["data"] / "meta.json").exists()}
+    has_compare = importlib.util.find_spec("seminar_zoo.compare") is not None
+    order = [m[0] for m in MODELS]
+    parts = [f"# MovieLens-100K: all models, {len(args.seeds)} seeds", "",
+             "Produced by `experiments/real/ml100k.sh` (numbers are written by the script; do not edit by hand).",
+             ""]
+    m = metas.get("ranking", {})
+    parts += [f"Data: ML-100K (GroupLens; RecBole atomic files), {m.get('n_users')} users, {m.get('n_items')} items, "
+              f"{m.get('n_events')} ratings. Item modalities: id, attr (genres x3, release-year bucket), text "
+              f"(title + genres, encoder `{m.get('text', {}).get('encoder', {}).get('name', enc)}`). "
+              "No queries and no images (meta.json `absent_modalities`): SEMINAR's query fusion has nothing to "
+              "act on here.",
+              f"Settings: `experiments/datasets/ml100k.yaml` (max_len 100, batch 256, validation on the first 25% "
+              f"of the validation users), {args.epochs} epochs, "
+              f"seeds {args.seeds} (`seed_everything`; DataModule seed fixed at 0), best-val-AUC checkpoint "
+              "tested. Model hyper-parameters: each model's own YAML, untuned. Mean ± sample std over seeds.", ""]
+    for proto, spec in PROTOCOLS.items():
+        d = ROOT / args.runs / proto
+        if proto == "ranking":
+            head = ("## Ranking protocol: leave-one-out by time; each user's last rating ranked against "
+                    "**99 sampled negatives** (seeded, items the user never rated); every rating is a positive; "
+                    "train_window 20, 1 sampled negative per training target")
+        else:
+            head = ("## CTR protocol: every rating is a labelled sample, rating >= 4 -> 1, else 0 (no sampled "
+                    "negatives); per user the last pseudo-request (block of >= 10 ratings) is test, the one "
+                    "before validation, the 5 before that training; AUC over all test samples, GAUC per user")
+        parts += [head, ""]
+        table = None
+        if d.exists() and has_compare:
+            table = compare_table(d, spec["metrics"], ROOT / args.runs / f"compare_{proto}")
+            if table:
+                parts += ["(aggregated by `seminar-zoo compare`)", ""]
+        if table is None:
+            table, n = builtin_table(d, spec["metrics"], order) if d.exists() else ("(no runs)", 0)
+        parts += [table, ""]
+    parts += ["## Coverage", ""]
+    ran = sorted({p.parent.parent.name for p in (ROOT / args.runs).glob("*/*/seed*/metrics.json")},
+                 key=lambda k: order.index(k) if k in order else 99)
+    parts.append(f"Models with results: {', '.join(ran) or 'none'}.")
+    if missing:
+        parts.append(f"Configs missing at run time (not run): {', '.join(missing)}.")
+    if failures:
+        parts.append("Failed runs: " + "; ".join(failures) + ".")
+    parts.append(f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores (shared with other jobs; fit times "
+                 f"are indicative only). Script wall time this invocation: {wall / 60:.1f} min.")
+    out = ROOT / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(parts) + "\n")
+    print(f"wrote {out}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -64,22 +64,32 @@ _LUT_DTYPES = ("float32", "float16", "int16")
 _BACKENDS = ("eager", "compile", "auto")
 
 
-def _gather_sum(lut_flat: torch.Tensor, codes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """[B, G*K] tables, [B, L, G] uint8 codes, [G] offsets (g*K) -> [B, L] sums of gathered entries."""
+def _gather_sum(lut_flat: torch.Tensor, codes: torch.Tensor, offsets: torch.Tensor, table: str = "float32") -> torch.Tensor:
+    """[B, G*K] float tables, [B, L, G] uint8 codes, [G] offsets (g*K) -> [B, L] float32 sums of the
+    gathered entries.  ``table`` converts the tables first: ``float16``, or ``int16`` (scaled per request
+    so the largest entry is 32767, summed in int32, scaled back)."""
     b, l, g = codes.shape
+    scale = None
+    if table == "float16":
+        lut_flat = lut_flat.half()
+    elif table == "int16":
+        scale = lut_flat.abs().amax(1, keepdim=True).clamp_min(1e-30) / 32767.0
+        lut_flat = torch.round(lut_flat / scale).to(torch.int16)
     idx = (codes.long() + offsets).reshape(b, l * g)
     vals = torch.gather(lut_flat, 1, idx).reshape(b, l, g)
-    acc = torch.int32 if not vals.is_floating_point() else torch.float32
-    return vals.sum(-1, dtype=acc)
+    out = vals.sum(-1, dtype=torch.float32 if vals.is_floating_point() else torch.int32).float()
+    return out if scale is None else out * scale
 
 
 _COMPILED = {}
 
 
 def _compiled_gather_sum():
-    """torch.compile'd :func:`_gather_sum` (one fused loop reading the uint8 codes, no int64 index tensor)."""
+    """torch.compile'd :func:`_gather_sum`: one fused loop that reads the uint8 codes directly (no int64
+    index tensor), with the table conversion in the same graph.  Shapes are specialised (a new (B, L)
+    recompiles; past torch._dynamo's cache_size_limit, dynamo itself falls back to eager)."""
     if "fn" not in _COMPILED:
-        _COMPILED["fn"] = torch.compile(_gather_sum, dynamic=True)
+        _COMPILED["fn"] = torch.compile(_gather_sum, dynamic=False)
     return _COMPILED["fn"]
 
 
@@ -318,8 +328,16 @@ class MultiModalPQ(nn.Module):
                              f"got {tuple(target.shape)}")
         t = t.to(self.codebooks.dtype)
         ts = t.reshape(*t.shape[:-1], self.n_sub, self.sub_dim)
-        out = (torch.einsum("bics,jcks->bijck", ts, self.codebooks) if per_pair
-               else torch.einsum("bcs,jcks->bjck", ts, self.codebooks))
+        if per_pair:
+            out = torch.einsum("bics,jcks->bijck", ts, self.codebooks)
+        else:  # one bmm over the sub-spaces (cheaper per request than einsum's planning)
+            key = (self.codebooks.data_ptr(), self.codebooks._version, self.codebooks.device)
+            if getattr(self, "_cb_key", None) != key:  # cache the [n_sub, s, M*K] layout between requests
+                self._cb_t = self.codebooks.permute(1, 3, 0, 2).reshape(self.n_sub, self.sub_dim, -1)
+                self._cb_key = key
+            cb = self._cb_t
+            out = torch.bmm(ts.transpose(0, 1), cb).reshape(self.n_sub, -1, self.n_modalities, self.n_centroids)
+            out = out.permute(1, 2, 0, 3)  # [B, M, n_sub, K]
         if weights is not None:
             w = weights.to(out)
             if w.dim() == 1:
@@ -354,30 +372,21 @@ class MultiModalPQ(nn.Module):
             raise ValueError(f"MultiModalPQ.score: lut batch {lut.shape[0]} != codes batch {b}")
         if mask is not None and tuple(mask.shape) != (b, l):
             raise ValueError(f"MultiModalPQ.score: mask must be [B, L]=({b}, {l}), got {tuple(mask.shape)}")
-        flat = lut.reshape(b, self.n_groups * k)
-        scale = None
-        if self.lut_dtype == "float16":
-            flat = flat.half()
-        elif self.lut_dtype == "int16":
-            # per-request scale so that the sum of G entries cannot overflow int32 and entries fit int16
-            scale = flat.abs().amax(1, keepdim=True).clamp_min(1e-30) / 32767.0
-            flat = torch.round(flat / scale).to(torch.int16)
+        flat = lut.reshape(b, self.n_groups * k).float()
         codes = codes.reshape(b, l, self.n_groups)
         offsets = self._offsets.to(codes.device)
         out = None
         if self._use_compile():
             try:
-                out = _compiled_gather_sum()(flat, codes, offsets)
+                out = _compiled_gather_sum()(flat, codes, offsets, self.lut_dtype)
             except Exception:  # no C++ toolchain, unsupported dtype, ...: fall back to eager
                 if self.backend == "compile":
                     raise
                 self._compile_failed = True
         if out is None:
             step = max(1, 8 * self.chunk_bytes // (8 * self.n_groups * b))
-            out = torch.cat([_gather_sum(flat, codes[:, s:s + step], offsets) for s in range(0, l, step)], 1)
-        out = out.float()
-        if scale is not None:
-            out = out * scale
+            out = torch.cat([_gather_sum(flat, codes[:, s:s + step], offsets, self.lut_dtype)
+                             for s in range(0, l, step)], 1)
         if mask is not None:
             out = out.masked_fill(~mask.bool(), float("-inf"))
         return out

@@ -35,14 +35,17 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent / "seminar-zoo"
 
 # label, config path, extra overrides (dataset-specific attribute names etc.)
+# Two-stage models retrieve TOPK of the max_len (50) behaviours; with their default topk 50 the
+# search stage would keep the whole history and the comparison would not test retrieval at all.
+TOPK = ["--model.init_args.topk", "20"]
 MODELS = [
     ("DIN", "baselines/din.yaml", []),
-    ("SIM", "baselines/sim_hard.yaml", ["--model.init_args.category_attr", "attr_genre1"]),
-    ("ETA", "baselines/eta.yaml", []),
+    ("SIM", "baselines/sim_hard.yaml", ["--model.init_args.category_attr", "attr_genre1", *TOPK]),
+    ("ETA", "baselines/eta.yaml", TOPK),
     ("SDIM", "baselines/sdim.yaml", []),
-    ("TWIN", "baselines/twin.yaml", []),
-    ("SEMINAR", "experiments/seminar.yaml", ["--model.init_args.retrieval", "exact"]),
-    ("SEMINAR-pq", "experiments/seminar_pq.yaml", []),
+    ("TWIN", "baselines/twin.yaml", TOPK),
+    ("SEMINAR", "experiments/seminar.yaml", ["--model.init_args.retrieval", "exact", *TOPK]),
+    ("SEMINAR-pq", "experiments/seminar_pq.yaml", TOPK),
 ]
 WANTED = ["DIN", "SIM", "ETA", "SDIM", "TWIN", "SEMINAR (exact)", "SEMINAR (pq)"]
 PROTOCOLS = {
@@ -144,7 +147,7 @@ def main(argv=None):
     ap.add_argument("--raw", default=str(ROOT.parent / "shared" / "data" / "ml-100k"))
     ap.add_argument("--runs", default="runs/real/ml100k", help="run folders (relative to the repo root)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                     help="further `seminar-zoo experiment` overrides, passed to every run (must come last)")
     ap.add_argument("--protocols", nargs="+", default=["ranking", "ctr"], choices=list(PROTOCOLS))
@@ -165,6 +168,10 @@ def main(argv=None):
     metas = {p: json.loads((ROOT / s["data"] / "meta.json").read_text()) for p, s in PROTOCOLS.items()
              if (ROOT / s["data"] / "meta.json").exists()}
     has_compare = importlib.util.find_spec("seminar_zoo.compare") is not None
+    import yaml
+
+    ycfg = yaml.safe_load((ROOT / "experiments/datasets/ml100k.yaml").read_text())
+    dcfg, tcfg = ycfg.get("data", {}), ycfg.get("trainer", {})
     order = [m[0] for m in MODELS]
     parts = [f"# MovieLens-100K: all models, {len(args.seeds)} seeds", "",
              "Produced by `experiments/real/ml100k.sh` (numbers are written by the script; do not edit by hand).",
@@ -175,16 +182,19 @@ def main(argv=None):
               f"(title + genres, encoder `{m.get('text', {}).get('encoder', {}).get('name', enc)}`). "
               "No queries and no images (meta.json `absent_modalities`): SEMINAR's query fusion has nothing to "
               "act on here.",
-              f"Settings: `experiments/datasets/ml100k.yaml` (max_len 100, batch 256, validation on the first 25% "
-              f"of the validation users), {args.epochs} epochs, "
+              f"Settings: `experiments/datasets/ml100k.yaml` (max_len {dcfg.get('max_len')}, batch "
+              f"{dcfg.get('batch_size')}, validation on the first {tcfg.get('limit_val_batches', 1.0):.0%} of the "
+              f"validation users), {args.epochs} epochs, "
               f"seeds {args.seeds} (`seed_everything`; DataModule seed fixed at 0), best-val-AUC checkpoint "
-              "tested. Model hyper-parameters: each model's own YAML, untuned. Mean ± sample std over seeds.", ""]
+              "tested. Model hyper-parameters: each model's own YAML, untuned, except topk = 20 for the two-stage "
+              "models (SIM, ETA, TWIN, SEMINAR) so that their search stage keeps 20 of the 50 behaviours, and "
+              "SIM's category attribute = attr_genre1 (first genre). Mean ± sample std over seeds.", ""]
     for proto, spec in PROTOCOLS.items():
         d = ROOT / args.runs / proto
         if proto == "ranking":
             head = ("## Ranking protocol: leave-one-out by time; each user's last rating ranked against "
                     "**99 sampled negatives** (seeded, items the user never rated); every rating is a positive; "
-                    "train_window 20, 1 sampled negative per training target")
+                    f"train_window {dcfg.get('train_window')}, 1 sampled negative per training target")
         else:
             head = ("## CTR protocol: every rating is a labelled sample, rating >= 4 -> 1, else 0 (no sampled "
                     "negatives); per user the last pseudo-request (block of >= 10 ratings) is test, the one "

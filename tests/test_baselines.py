@@ -290,3 +290,42 @@ def test_twin_cross_features(tiny_dm, batch):
     assert cross[0, 0, 0].item() == min(int(math.log2(b["hist_query_id"].shape[1])), 15)
     b["query_id"][:] = 0
     assert TWIN.cross_features(b, b["hist_query_id"])[..., 2].eq(0).all()  # no target query: never "same"
+    assert torch.equal(TWIN.cross_features(b, b["hist_query_id"], ["has_query"])[..., 0], cross[..., 1])
+
+
+def test_twin_without_cross_features_and_bad_names(tiny_dm, batch):
+    model = make(tiny_dm, "TWIN", topk=5, cross_features=[]).eval()
+    out = model(batch)
+    assert out.shape == batch["label"].shape and torch.isfinite(out).all()
+    assert model.attention.w_v.in_features == model.hparams.embed_dim  # inherent features only
+    with pytest.raises(ValueError, match="cross_features"):
+        make(tiny_dm, "TWIN", cross_features=["watch_time"])
+
+
+# ----------------------------------------------------------------------------- the planted long-range signal
+@pytest.mark.slow
+def test_long_range_sim_beats_din_on_the_last_50(tmp_path):
+    """The synthetic test target returns to a topic seen only early in the history (first 30%):
+    DIN on the last 50 behaviours cannot see it, SIM's category search over all 100 can.
+    (~40 s on one thread; the full-size comparison of every model is in baselines/README.md.)"""
+    from seminar_zoo.data.datamodule import LifelongSequenceDataModule
+    from seminar_zoo.data.synthetic import generate
+    from seminar_zoo.models.din import DIN
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        path = generate(tmp_path / "syn", users=300, items=640, seq_len=100, seed=0)
+        auc = {}
+        for name, cls, kw in [("din_last50", DIN, {"max_len": 50}), ("sim_hard", SIM, {"gsu": "hard", "topk": 20})]:
+            dm = LifelongSequenceDataModule(str(path), max_len=100, batch_size=256, eval_batch_size=2000,
+                                            n_eval_negatives=49)
+            pl.seed_everything(0)
+            model = cls(data_meta=dm.data_meta, embed_dim=16, **kw)
+            trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                 enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+            trainer.fit(model, dm)
+            auc[name] = trainer.test(model, dm, verbose=False)[0]["test/auc"]
+    finally:
+        torch.set_num_threads(threads)
+    assert auc["sim_hard"] > auc["din_last50"] + 0.15, auc

@@ -24,7 +24,8 @@ features are
      (both non-zero). All candidates of one request share the query, so this does not
      leak the label under the ranking protocol.
 
-  Each cross feature is compressed to one scalar per head, ``(k_c^j . w_{h,j})``, and
+  ``cross_features`` picks a subset (default: all three; ``[]`` = inherent features
+  only). Each cross feature is compressed to one scalar per head, ``(k_c^j . w_{h,j})``, and
   combined with learned weights ``beta_j`` into a per-head bias added to the logits.
 
 Per head h: ``alpha_{h,l} = <W_q e_t, W_h k_h,l>_h / sqrt(d_h) + sum_j beta_j (k_c^j,l . w_{h,j})``;
@@ -49,6 +50,7 @@ from ..modules.attention import encode_unique, masked_softmax, masked_topk
 from .base import RecModel
 
 N_RECENCY_BUCKETS = 16
+CROSS_FEATURES = {"recency": N_RECENCY_BUCKETS, "has_query": 2, "same_query": 2}
 
 
 class CPTargetAttention(nn.Module):
@@ -78,7 +80,7 @@ class CPTargetAttention(nn.Module):
         Equals sum_j beta_j * (emb_j(c_j) . w_c[h, j]), computed as a look-up in per-value
         tables of size [V_j, H] instead of materialising the embeddings.
         """
-        out = 0.0
+        out = cross.new_zeros(cross.shape[:-1] + (self.h,), dtype=self.w_c.dtype)
         for j, emb in enumerate(self.cross_emb):
             table = emb.weight @ self.w_c[:, j].t()  # [V_j, H]
             out = out + self.beta[j] * table[cross[..., j]]
@@ -103,9 +105,9 @@ class CPTargetAttention(nn.Module):
         """ESU over per-head selections: inherent [B, H, K, d], cross [B, H, K, J], mask [B, H, K] -> [B, d]."""
         B, H, K, d = inherent.shape
         w = masked_softmax(self.logits(target, inherent, cross), mask)  # [B, H, K]
-        kc = torch.cat([emb(cross[..., j]) for j, emb in enumerate(self.cross_emb)], -1)
+        feats = [inherent] + [emb(cross[..., j]) for j, emb in enumerate(self.cross_emb)]
         wv = self.w_v.weight.view(self.h, self.dh, -1)
-        v = torch.einsum("bhkf,hef->bhke", torch.cat([inherent, kc], -1), wv)
+        v = torch.einsum("bhkf,hef->bhke", torch.cat(feats, -1), wv)
         o = (w.unsqueeze(-2) @ v).squeeze(-2).reshape(B, d)
         o = self.out(o) * mask.any(-1).any(-1, keepdim=True)
         return (o, w) if return_weights else o
@@ -115,28 +117,39 @@ class TWIN(RecModel):
     """Args:
         topk: behaviours kept per head by the CP-GSU.
         cross_dim: embedding width of each behaviour-specific (cross) feature.
+        cross_features: which cross features to use, a subset of ``recency``, ``has_query``,
+            ``same_query`` (an empty list = inherent features only, as FuxiCTR's default).
     """
 
-    def __init__(self, topk: int = 50, cross_dim: int = 8, **kwargs):
+    def __init__(self, topk: int = 50, cross_dim: int = 8,
+                 cross_features: List[str] = ["recency", "has_query", "same_query"], **kwargs):
         super().__init__(**kwargs)
         if topk < 1:
             raise ValueError(f"TWIN: topk must be >= 1, got {topk}")
-        self.topk = int(topk)
-        # recency bucket, has_query, same_query
+        bad = [f for f in cross_features if f not in CROSS_FEATURES]
+        if bad or len(set(cross_features)) != len(cross_features):
+            raise ValueError(f"TWIN: cross_features must be distinct names from {sorted(CROSS_FEATURES)}, "
+                             f"got {list(cross_features)}")
+        self.topk, self.cross_names = int(topk), list(cross_features)
         self.attention = CPTargetAttention(self.hparams.embed_dim, self.hparams.num_heads,
-                                           [N_RECENCY_BUCKETS, 2, 2], cross_dim)
+                                           [CROSS_FEATURES[f] for f in self.cross_names], cross_dim)
         self.build_tower()
 
     @staticmethod
-    def cross_features(batch, hq: torch.Tensor) -> torch.Tensor:
-        """[B, L, 3] long: recency bucket, has_query, same_query (see the module docstring)."""
+    def cross_features(batch, hq: torch.Tensor, names=tuple(CROSS_FEATURES)) -> torch.Tensor:
+        """[B, L, J] long, columns in ``names`` order: recency bucket, has_query, same_query (see above)."""
         B, L = hq.shape
-        back = torch.arange(L - 1, -1, -1, device=hq.device)  # steps back from the target
-        recency = torch.log2(back.float() + 1).floor().long().clamp_max(N_RECENCY_BUCKETS - 1).expand(B, L)
-        has_q = (hq > 0).long()
-        tq = batch["query_id"].unsqueeze(1)
-        same_q = ((hq == tq) & (tq > 0)).long()
-        return torch.stack([recency, has_q, same_q], -1)
+        cols = []
+        for name in names:
+            if name == "recency":
+                back = torch.arange(L - 1, -1, -1, device=hq.device)  # steps back from the target
+                cols.append(torch.log2(back.float() + 1).floor().long().clamp_max(N_RECENCY_BUCKETS - 1).expand(B, L))
+            elif name == "has_query":
+                cols.append((hq > 0).long())
+            elif name == "same_query":
+                tq = batch["query_id"].unsqueeze(1)
+                cols.append(((hq == tq) & (tq > 0)).long())
+        return torch.stack(cols, -1) if cols else hq.new_zeros(B, L, 0)
 
     def gsu(self, target, e, cross, m):
         """CP-GSU: the shared attention's logits over all L, top-k per head -> (idx, sel) [B, H, K]."""
@@ -146,7 +159,7 @@ class TWIN(RecModel):
 
     def interest(self, batch, target):
         h, hq, m = self.history(batch)
-        cross = self.cross_features(batch, hq)
+        cross = self.cross_features(batch, hq, self.cross_names)
         with torch.no_grad():
             e_all = encode_unique(self.item_encoder.fused, h)  # per distinct item (the paper caches K_h W_h per item)
         idx, sel = self.gsu(target, e_all, cross, m)

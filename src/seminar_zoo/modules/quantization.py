@@ -44,6 +44,17 @@ Simplifications / differences from the reference implementation (``inference/eva
   instead of faiss' ProductQuantizer.
 * One codebook per (modality, sub-space); modalities must share the width ``dim``.
 
+Trade-offs measured by ``seminar-zoo bench retrieval`` (experiments/results/retrieval.md)
+-----------------------------------------------------------------------------------
+* Every modality gets the same ``n_sub`` codes.  When one modality dominates the score (our synthetic
+  image vectors have ~10x the text norm) most bytes quantize modalities that barely move it; a PQ of
+  the pre-summed key (``MultiModalPQ(n_modalities=1, ...)`` on ``sum_j k_j``) ranks better at equal
+  bytes, but only while gamma and G(j) are frozen.  The per-modality codes buy per-request modality
+  weights (``lut(..., weights=)``) without re-encoding.
+* On CPU the gather is latency-bound (M * n_sub dependent look-ups per behaviour); ``backend="auto"``
+  with ``lut_dtype="int16"`` (a torch.compile'd fused loop) was the fastest variant measured.  For a
+  high recall@K, re-score the PQ top R*K exactly (the bench's ``+rrR`` rows).
+
 Usage::
 
     pq = MultiModalPQ(n_modalities=4, dim=64, n_sub=8, n_centroids=256, seed=0).fit(train)  # [N, M, d]

@@ -328,7 +328,7 @@ class SEMINAR(RecModel):
         else:
             idx = torch.arange(L - K, L, device=h.device).expand(h.shape[0], K)
             keys, sel = hist_pair[:, -K:], m[:, -K:]
-        if self._collect:
+        if self._collect and self.hparams.use_gsu:
             self._collect_shares(batch, target, hu, qu, inv, m)
         return self.esu(target, keys, sel, bias=bias)
 
@@ -391,7 +391,6 @@ class SEMINAR(RecModel):
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
         self._collect = False
-        self._pq_on = False
         extra: Dict[str, float] = {}
         if self._cold_items is not None:
             per_row = getattr(getattr(self.trainer, "datamodule", None), "hparams", {}).get("protocol") == "ctr"
@@ -400,18 +399,20 @@ class SEMINAR(RecModel):
                 extra.update({"test/auc_cold_targets": res["cold"], "test/auc_warm_targets": res["warm"],
                               "test/n_cold_targets": res["n_cold"], "test/n_warm_targets": res["n_warm"]})
         names = self.pair.active
-        if self._shares:
-            sh = torch.cat(self._shares).sum(0)
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if self.hparams.use_gsu:  # every process reduces, even one that saw no positive row
+            sh = torch.cat(self._shares).sum(0) if self._shares else torch.zeros(len(names))
             n = torch.tensor(float(sum(x.shape[0] for x in self._shares)))
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                both = torch.cat([sh, n.view(1)]).to(self.device)
+            both = torch.cat([sh.double(), n.double().view(1)])
+            if dist:
+                both = both.to(self.device)
                 torch.distributed.all_reduce(both)
-                sh, n = both[:-1].cpu(), both[-1].cpu()
-            for i, name in enumerate(names):
-                extra[f"test/modality_weight/{name}"] = float(sh[i] / n)
-        if self._recall:
-            r = torch.stack(self._recall).sum(0).double()
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
+            if float(both[-1]) > 0:
+                for i, name in enumerate(names):
+                    extra[f"test/modality_weight/{name}"] = float(both[i] / both[-1])
+        if self._pq_active:
+            r = torch.stack(self._recall).sum(0).double() if self._recall else torch.zeros(2, dtype=torch.double)
+            if dist:
                 r = r.to(self.device)
                 torch.distributed.all_reduce(r)
             extra[f"test/gsu/recall@{self.hparams.topk}"] = float(r[0] / r[1].clamp_min(1))
@@ -419,4 +420,4 @@ class SEMINAR(RecModel):
             extra[f"test/gamma/{name}"] = float(self.pair.gamma[i])
         self.extra_test_metrics.update(extra)
         self.cold_auc.reset()
-        self._shares = []
+        self._shares, self._recall, self._pq_on = [], [], False

@@ -882,7 +882,8 @@ def render_md(rows, lever_rows, checks, meta, args) -> str:
             "2. **Top-K of a long history is a fine ranking problem.** The K best of L=10,000 come from the "
             "target's topic (~1,000 behaviours); their order is set by within-topic noise, which is isotropic "
             "in the sub-spaces and the hardest case for PQ. Re-scoring the PQ top R*K exactly (`+rrR` rows) "
-            "recovers most of the recall at small extra cost.",
+            "recovers most of the recall (the R*K exact re-scores are cheap; the extra latency in the rows is "
+            "mostly the noise of a loaded machine).",
             "3. **A gather is not cheaper than a streamed dot product on this CPU.** Exact scoring streams "
             "contiguous float32 with SIMD FMAs at memory bandwidth; MMPQ does M*n_sub dependent table look-ups "
             "per behaviour. torch has no in-register table shuffle (faiss' fast-scan PQ uses pshufb on 4-bit "

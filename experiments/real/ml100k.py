@@ -44,12 +44,12 @@ TOPK = ["--model.init_args.topk", "20"]
 COMMON = ["--model.init_args.lr", "0.005"]
 MODELS = [
     ("DIN", "baselines/din.yaml", []),
-    ("SIM", "baselines/sim_hard.yaml", ["--model.init_args.category_attr", "attr_genre1", *TOPK]),
-    ("ETA", "baselines/eta.yaml", TOPK),
-    ("SDIM", "baselines/sdim.yaml", []),
-    ("TWIN", "baselines/twin.yaml", TOPK),
     ("SEMINAR", "experiments/seminar.yaml", ["--model.init_args.retrieval", "exact", *TOPK]),
     ("SEMINAR-pq", "experiments/seminar_pq.yaml", TOPK),
+    ("SIM", "baselines/sim_hard.yaml", ["--model.init_args.category_attr", "attr_genre1", *TOPK]),
+    ("ETA", "baselines/eta.yaml", TOPK),
+    ("TWIN", "baselines/twin.yaml", TOPK),
+    ("SDIM", "baselines/sdim.yaml", []),
 ]
 WANTED = ["DIN", "SIM", "ETA", "SDIM", "TWIN", "SEMINAR (exact)", "SEMINAR (pq)"]
 PROTOCOLS = {
@@ -95,11 +95,12 @@ def run_all(args, models):
     env = dict(os.environ)
     env.setdefault("WANDB_MODE", "disabled")
     failures = []
-    for label, cfg, extra in models:  # model-major: each model completes before the next starts
-        for proto, spec in PROTOCOLS.items():
-            if proto not in args.protocols:
-                continue
-            for seed in args.seeds:
+    # protocol, then seed, then model: wherever the script is stopped, every model has the same seeds
+    for proto, spec in PROTOCOLS.items():
+        if proto not in args.protocols:
+            continue
+        for seed in args.seeds:
+            for label, cfg, extra in models:
                 run = ROOT / args.runs / proto / label / f"seed{seed}"
                 if (run / "metrics.json").exists():
                     continue

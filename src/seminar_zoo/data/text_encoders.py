@@ -91,6 +91,8 @@ class HashEncoder(TextEncoder):
             for tok in self._tokens(t or ""):
                 bs = self._memo.get(tok)
                 if bs is None:
+                    if len(self._memo) > 2_000_000:  # bound the memo on huge vocabularies
+                        self._memo.clear()
                     bs = self._memo[tok] = _bucket_sign(tok, self.dim)
                 out[i, bs[0]] += bs[1]
         return _l2(out)
@@ -161,9 +163,10 @@ class MiniLMEncoder(TextEncoder):
         model = self._load()
         out = np.zeros((len(texts), self.dim), np.float32)
         bs = self.batch_size
+        step = 16 * bs  # sentence-transformers sorts each call's texts by length: bigger calls pad less
         with tqdm(total=len(texts), desc="minilm text", disable=not progress, mininterval=1.0) as bar:
-            for i in range(0, len(texts), bs):
-                chunk = [t if t else "" for t in texts[i:i + bs]]
+            for i in range(0, len(texts), step):
+                chunk = [t if t else "" for t in texts[i:i + step]]
                 out[i:i + len(chunk)] = model.encode(chunk, batch_size=bs, normalize_embeddings=True,
                                                      convert_to_numpy=True, show_progress_bar=False)
                 bar.update(len(chunk))

@@ -4,16 +4,16 @@ It plants the mechanisms SEMINAR claims to address (arXiv 2407.10714, Sec. 1):
 
 * **Latent interests.** Items belong to one of ``n_topics`` topics; each user has a
   handful of topics, and a *phase* structure: an early phase (first 30% of the
-  history) mixes the user's *deep* topic (sparse, 15% of early events) with two
-  other topics; a middle and a late phase each use three other topics.
+  history) mixes the user's two *deep* topics (sparse, 10% of early events each)
+  with two other topics; a middle and a late phase each use three other topics.
 * **Multi-modal views.** Every item has a latent vector (topic centre + noise); its
   text (32-d), image (64-d) and attribute views are derived from it with independent
   noise. The image view's norm is ~10x the text view's: the modality imbalance.
 * **Search queries.** ``p_search`` of events carry a query that names the topic the
   user is pursuing (query variants per topic, 10% noisy); the rest are pure
   recommendation events (``query_id = 0``).
-* **Long-range dependence.** The validation and test targets are, with probability
-  ``p_return``, a *return* to the deep topic, which otherwise appears only far back
+* **Long-range dependence.** The validation (test) target is, with probability
+  ``p_return``, a *return* to deep topic 1 (2), which otherwise appears only far back
   in the history. A model that attends only to the recent window cannot see it.
 * **ID sparsity.** The 30% least popular ("cold") items of each topic are only drawn in
   the early phase and for the returns, so they never appear as training targets (the
@@ -50,6 +50,8 @@ def generate(out, users: int = 2000, items: int = 2000, seq_len: int = 200, seed
              n_topics: int = N_TOPICS, p_search: float = 0.7, p_return: float = 0.8,
              train_window: int = 20, n_impressions: int = 3, verbose: bool = False) -> Path:
     """Generate the synthetic dataset into folder ``out`` (atomically)."""
+    if n_topics < 12:
+        raise ValueError(f"need n_topics >= 12 (10 per user plus unengaged ones), got {n_topics}")
     if users < 1 or items < 2 * n_topics or seq_len < 10:
         raise ValueError(f"need users >= 1, items >= {2 * n_topics}, seq_len >= 10; got {users}, {items}, {seq_len}")
     t0 = time.time()
@@ -81,21 +83,25 @@ def generate(out, users: int = 2000, items: int = 2000, seq_len: int = 200, seed
     q_topic = np.repeat(np.arange(T), QUERY_VARIANTS)
     query_text = _unit_rows(centres[q_topic] @ p_query + 1.0 * rng.normal(size=(n_queries, QUERY_DIM)))
 
-    # ---- users: 8 distinct topics: [deep, early1, early2, mid x3, late x3]
-    utopics = np.argsort(rng.random((U, T)), axis=1)[:, :9]
-    deep = utopics[:, 0]
+    # ---- users: 10 distinct topics: [deep1, deep2, early1, early2, mid x3, late x3]
+    n_user_topics = 10
+    utopics = np.argsort(rng.random((U, T)), axis=1)[:, :n_user_topics]
+    deep = utopics[:, :2]
     n_ev = L + 2  # history behaviours + val + test targets
     pos = np.arange(n_ev)
     phase = np.where(pos < PHASES[0] * L, 0, np.where(pos < PHASES[1] * L, 1, 2))
     phase[L:] = 2
     r = rng.random((U, n_ev))
     slot = rng.integers(0, 3, (U, n_ev))
-    early_topic = np.where(r < 0.15, deep[:, None], np.take_along_axis(utopics, 1 + (slot % 2), 1))
-    mid_topic = np.take_along_axis(utopics, 3 + slot, 1)
-    late_topic = np.take_along_axis(utopics, 6 + slot, 1)
+    early_topic = np.where(r < 0.1, deep[:, :1], np.where(r < 0.2, deep[:, 1:],
+                                                             np.take_along_axis(utopics, 2 + (slot % 2), 1)))
+    mid_topic = np.take_along_axis(utopics, 4 + slot, 1)
+    late_topic = np.take_along_axis(utopics, 7 + slot, 1)
     topic = np.where(phase == 0, early_topic, np.where(phase == 1, mid_topic, late_topic))
     ret = rng.random((U, 2)) < p_return
-    topic[:, L:] = np.where(ret, deep[:, None], topic[:, L:])
+    # the validation target returns to deep topic 1, the test target to deep topic 2, so the
+    # validation behaviour (recent in the test sample's history) does not reveal the test topic
+    topic[:, L:] = np.where(ret, deep, topic[:, L:])
     # cold (tail) items only in the early phase and for returns
     allow_cold = (phase == 0)[None, :] | np.zeros((U, 1), bool)
     allow_cold[:, L:] = ret
@@ -120,10 +126,14 @@ def generate(out, users: int = 2000, items: int = 2000, seq_len: int = 200, seed
     engaged = np.zeros((U, T), bool)
     np.put_along_axis(engaged, utopics, True, 1)
     other_topics = np.argsort(engaged, axis=1, kind="stable")  # unengaged topics first
-    n_other = T - 9
+    n_other = T - n_user_topics
     pick = rng.integers(0, n_other, (U, W, n_impressions))
     neg_topic = np.take_along_axis(other_topics[:, :n_other], pick.reshape(U, -1), 1).reshape(U, W, n_impressions)
-    neg_rank = np.minimum(np.searchsorted(cdf, rng.random((U, W, n_impressions)) * cdf[n_warm - 1]), n_per - 1)
+    # training requests show warm items only (cold items are never training samples); the val/test
+    # requests draw from all items like their positives do, so "an untrained id" is no label leak
+    neg_umax = np.full((1, W, 1), cdf[n_warm - 1])
+    neg_umax[:, -2:] = 1.0
+    neg_rank = np.minimum(np.searchsorted(cdf, rng.random((U, W, n_impressions)) * neg_umax), n_per - 1)
     neg_item = topic_items[neg_topic, neg_rank] + 1
 
     # assemble: per user, each behaviour is one request; impressions share its ts/query/request

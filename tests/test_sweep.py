@@ -231,6 +231,32 @@ def test_dry_run_and_cli_errors(tmp_path, capsys):
     assert e.value.code == 2
 
 
+def test_interrupt_stops_the_running_point(tmp_path):
+    """Ctrl-C / SIGTERM (turned into KeyboardInterrupt by main) terminates the point's subprocess."""
+    import os
+    import signal
+    import time
+
+    pidf = tmp_path / "pid"
+    code = f"import os, time; open({str(pidf)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+
+    def boom(*a):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.setitimer(signal.ITIMER_REAL, 4.0)
+    t0 = time.time()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            S._subprocess_runner([sys.executable, "-c", code], dict(os.environ), tmp_path / "log")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert time.time() - t0 < 60
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pidf.read_text()), 0)
+
+
 # --------------------------------------------------------------------------- the shipped sweep files
 @pytest.mark.parametrize("name, n_points, config", [("lambda", 15, "seminar.yaml"),
                                                      ("codebook", 27, "seminar_pq.yaml")])

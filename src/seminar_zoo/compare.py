@@ -49,6 +49,8 @@ def pretty(metric: str) -> str:
     if metric in PRETTY:
         return PRETTY[metric]
     m = metric[5:] if metric.startswith("test/") else metric
+    if m.startswith("gsu/recall@"):
+        return "GSU recall@" + m.split("@", 1)[1]
     return m.upper() if "@" in m else m
 
 

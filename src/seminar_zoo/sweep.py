@@ -41,9 +41,12 @@ numpy 2.x that torch, pyarrow and pandas here run on) and pulls in scipy and
 scikit-learn (for ``bayes``, which offline sweeps do not need). Grid and random search
 are a few dozen lines, written here to W&B's documented semantics.
 
-Paper link: the λ sweep reproduces SEMINAR's sensitivity study of the query/item
-fusion weight (arXiv 2407.10714, the λ analysis of Sec. 4; values 0.1..0.9); the
-codebook sweep the PQ size trade-off of its approximate retrieval (Sec. 3.4).
+Paper link: ``experiments/sweeps/lambda.yaml`` repeats SEMINAR's sensitivity study of the
+query/item fusion weight λ (arXiv 2407.10714, experiments: λ in {0.1, 0.3, 0.5, 0.7, 0.9} on
+KuaiSAR; here on the synthetic data), ``codebook.yaml`` the size of the multi-modal product
+quantizer of its approximate retrieval (Sec. 3.4; the reference uses 16 sub-vectors x 256
+centroids). Simplified: no early termination (W&B's ``early_terminate``/hyperband is ignored
+offline), points run one after another.
 """
 from __future__ import annotations
 
@@ -474,10 +477,25 @@ def run_sweep(file: os.PathLike, out: Optional[os.PathLike] = None, data_path: O
 
 
 def _subprocess_runner(cmd: List[str], env: dict, log: Path) -> int:
+    """Run one point; if the sweep itself is interrupted (Ctrl-C, SIGTERM), stop the point too."""
     with open(log, "w") as fh:
         fh.write("$ " + " ".join(cmd) + "\n")
         fh.flush()
-        return subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            return proc.wait()
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
+
+
+def _sigterm_to_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 # --------------------------------------------------------------------------- CLI
@@ -495,11 +513,20 @@ def main(argv: Optional[List[str]] = None) -> dict:
     ap.add_argument("--seed", type=int, default=0, help="seed of a random sweep's sampler")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     a, rest = ap.parse_known_args(argv)
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:  # SIGTERM: stop the running point, keep the summary
+        old_handler = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     try:
         summary = run_sweep(a.file, a.out, a.data_path, a.max_runs, a.seed, rest, a.dry_run)
     except SweepError as e:
         print(f"seminar-zoo sweep: error: {e}", file=sys.stderr)
         raise SystemExit(2)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old_handler)
     if summary["counts"].get("failed"):
         raise SystemExit(1)
     return summary

@@ -29,9 +29,9 @@ def discover_configs():
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="runs/demo")
-    ap.add_argument("--users", type=int, default=800)
-    ap.add_argument("--items", type=int, default=1000)
-    ap.add_argument("--seq-len", type=int, default=150)
+    ap.add_argument("--users", type=int, default=600)
+    ap.add_argument("--items", type=int, default=800)
+    ap.add_argument("--seq-len", type=int, default=100)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", help="config stems to run (default: all)")

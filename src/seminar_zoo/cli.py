@@ -185,7 +185,7 @@ def experiment_main(argv: List[str]) -> dict:
               "Fits, tests the best checkpoint and writes RUN/metrics.json. Overrides are LightningCLI fit options.")
         lightning_main(["fit", "--help"])
         return {}
-    run_dir = Path(known.run_dir)
+    run_dir = Path(os.path.expandvars(known.run_dir))  # wandb agent: runs/sweeps/x/$WANDB_RUN_ID
     run_dir.mkdir(parents=True, exist_ok=True)
     cls = _make_cli_class()
     cli = cls(args=["--trainer.default_root_dir", str(run_dir), *rest], run=False)

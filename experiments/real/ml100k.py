@@ -105,6 +105,11 @@ def run_all(args, models):
                 if (run / "metrics.json").exists():
                     continue
                 run.mkdir(parents=True, exist_ok=True)
+                extra = list(extra)
+                psu = ROOT / args.runs / proto / "SEMINAR" / f"seed{seed}" / "psu" / "psu.ckpt"
+                if label == "SEMINAR-pq" and psu.exists():
+                    # same pretrained PSU as the exact run of this seed: exact vs pq differ only in retrieval
+                    extra += ["--model.init_args.psu_ckpt", str(psu)]
                 cmd = [BIN, "experiment", "--config", cfg, "--config", "experiments/datasets/ml100k.yaml",
                        "--data.path", spec["data"], *spec["overrides"], *COMMON, *extra,
                        "--run_dir", run, "--name", label, "--seed_everything", seed,
@@ -221,7 +226,10 @@ def main(argv=None):
               "tested. Model hyper-parameters: each model's own YAML, untuned, except lr = 0.005 for every model "
               "(few optimiser steps on this small dataset) and topk = 20 for the two-stage "
               "models (SIM, ETA, TWIN, SEMINAR) so that their search stage keeps 20 of the 50 behaviours, and "
-              "SIM's category attribute = attr_genre1 (first genre). Mean ± sample std over seeds.", ""]
+              "SIM's category attribute = attr_genre1 (first genre). SEMINAR-pq restores the PSU that the "
+              "SEMINAR (exact) run of the same seed pretrained, then finetunes like it; only the test-time GSU "
+              "scorer differs (PQ codes + look-up tables; `recall@20` = overlap with the exact top-20). "
+              "Mean ± sample std over seeds.", ""]
     for proto, spec in PROTOCOLS.items():
         d = ROOT / args.runs / proto
         if proto == "ranking":

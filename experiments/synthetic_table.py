@@ -67,7 +67,7 @@ def run_one(exe, cfg, data, run_dir, name, seed, a, env):
     cmd = exe + ["experiment", "--config", str(cfg), "--data.path", str(data), "--run_dir", str(run_dir),
                  "--name", name, "--data.max_len", str(a.seq_len), "--trainer.max_epochs", str(a.epochs),
                  "--seed_everything", str(seed), "--trainer.enable_progress_bar", "false",
-                 "--data.eval_batch_size", str(a.eval_batch_size)]
+                 "--data.eval_batch_size", str(a.eval_batch_size), "--trainer.limit_val_batches", str(a.limit_val_batches)]
     t0 = time.time()
     with open(run_dir / "log.txt", "w") as f:
         r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
@@ -91,7 +91,7 @@ def write_tables(rows, a, data, total_s, out_md: Path):
              f"--seed 0` (the embedded generator, unchanged). Protocol: ranking (leave-one-out by time; each test "
              f"target ranked against 99 seeded sampled negatives the user never interacted with; train window 20, "
              f"1 sampled negative per training target). History length {a.seq_len}. All models: embed_dim 32, "
-             f"{a.epochs} finetuning epochs, best epoch by val AUC, seeds {a.seeds} (`--seed_everything`; same data "
+             f"{a.epochs} finetuning epochs, best epoch by val AUC on {a.limit_val_batches:.0%} of the validation lists, seeds {a.seeds} (`--seed_everything`; same data "
              f"and test lists for every seed). SEMINAR pretrains its PSU first (settings in "
              f"`experiments/seminar.yaml`). Mean ± std over seeds.\n")
     L.append("## Main table\n")
@@ -155,6 +155,8 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--eval-batch-size", type=int, default=2000)
+    ap.add_argument("--limit-val-batches", type=float, default=0.5,
+                    help="share of the validation lists used to pick the best epoch (the test uses all)")
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (each gets cores/jobs threads)")
     ap.add_argument("--only", nargs="*", help="config names to run (e.g. din seminar seminar-no_gsu)")
     ap.add_argument("--force", action="store_true", help="rerun finished runs")

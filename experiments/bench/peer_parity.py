@@ -108,6 +108,21 @@ def import_fuxictr():
     return classes, FeatureMap, missing
 
 
+def load_peer(skip: bool):
+    """(classes, FeatureMap, stubbed, version, error): error says exactly why FuxiCTR rows are skipped."""
+    if skip:
+        return None, None, [], None, "not run (--no-peer)"
+    try:
+        classes, FeatureMap, stubbed = import_fuxictr()
+        import fuxictr
+
+        return classes, FeatureMap, stubbed, getattr(fuxictr, "__version__", "?"), None
+    except Exception as e:  # report exactly why; our side still runs
+        err = f"{type(e).__name__}: {e}"
+        print(f"[peer_parity] FuxiCTR rows skipped: {err}")
+        return None, None, [], None, err
+
+
 # ----------------------------------------------------------------------------- their side
 def build_feature_map(FeatureMap, meta: dict, embed_dim: int, tmp: str):
     fm = FeatureMap("parity", tmp)
@@ -205,7 +220,35 @@ def build_theirs(name, classes, fm, args, tmp):
 
 
 # ----------------------------------------------------------------------------- our side
+def concat_only_tower(model):
+    """Investigation switch (--ours-concat-tower): feed our tower [t, u] (+ short-term) like FuxiCTR's
+    DNN does, instead of RecModel's [t, u, t * u]. Everything else unchanged."""
+    from seminar_zoo.modules.tower import Tower
+
+    d = model.hparams.embed_dim
+    model.tower = Tower(d + model.interest_dim + (d if model.short_term is not None else 0),
+                        model.hparams.tower_dims, model.hparams.dropout)
+
+    def forward(batch):
+        model._aux = {}
+        t = model.target_vector(batch)
+        feats = [t, model.interest(batch, t)]
+        if model.short_term is not None:
+            h, _, m = model.history(batch)
+            n = model.hparams.short_term_len
+            feats.append(model.short_term(t, model.item_encoder.fused(h[:, -n:]), m[:, -n:]))
+        return model.tower(torch.cat(feats, -1))
+
+    model.forward = forward
+    return model
+
+
 def build_ours(name, meta, args):
+    model = _build_ours(name, meta, args)
+    return concat_only_tower(model) if args.ours_concat_tower else model
+
+
+def _build_ours(name, meta, args):
     common = dict(data_meta=meta, embed_dim=args.embed_dim, num_heads=args.num_heads,
                   tower_dims=list(args.tower_dims), dropout=args.dropout, lr=args.lr)
     st = dict(short_term_len=args.short_term_len)
@@ -278,6 +321,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for both sides")
     ap.add_argument("--models", nargs="+", default=["DIN", "SIM", "ETA", "SDIM", "TWIN"])
+    ap.add_argument("--no-peer", action="store_true", help="run only our side")
+    ap.add_argument("--ours-concat-tower", action="store_true",
+                    help="investigation: our tower sees [t, u] like FuxiCTR's, not [t, u, t*u]")
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "peer_parity"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -288,14 +334,7 @@ def main(argv=None):
     dm.setup()
     meta, tables = dm.data_meta, dm.feature_tables()
 
-    peer_error, stubbed, classes = None, [], None
-    try:
-        classes, FeatureMap, stubbed = import_fuxictr()
-        import fuxictr
-        peer_version = getattr(fuxictr, "__version__", "?")
-    except Exception as e:  # report exactly why, run our side anyway
-        peer_error, peer_version = f"{type(e).__name__}: {e}", None
-        print(f"[peer_parity] FuxiCTR rows skipped: {peer_error}")
+    classes, FeatureMap, stubbed, peer_version, peer_error = load_peer(args.no_peer)
     if stubbed:
         print(f"[peer_parity] stubbed FuxiCTR import-time dependencies (unused here): {stubbed}")
 
@@ -339,6 +378,9 @@ def render(result) -> str:
              f"Adam lr {c['lr']}, seed {c['seed']}, {c['threads']} torch thread(s) on a shared 2-core CPU. "
              "AUC by our RecMetrics for both; samples/s = training rows / process CPU seconds of the training "
              "steps (wall-clock in the JSON).", ""]
+    if c.get("ours_concat_tower"):
+        lines += ["**Investigation run: our tower input is [t, u] like FuxiCTR's DNN (--ours-concat-tower), "
+                  "not RecModel's [t, u, t * u].**", ""]
     if result["fuxictr_error"]:
         lines += [f"**FuxiCTR rows skipped:** {result['fuxictr_error']}", ""]
     lines += ["| model | our AUC | their AUC | diff | our NDCG@10 | their NDCG@10 | our samples/s | their samples/s |",

@@ -1,18 +1,20 @@
 """Training throughput and peak memory of every model at max_len 100, 1000 and 2000 (CPU, batch 256).
 
 For each model config (baselines/*.yaml except the recent-window din_last50, plus
-experiments/seminar.yaml when the SEMINAR model exists) and each history length L,
-a fresh subprocess builds the model from the config's ``init_args`` (``max_len`` =
-L), takes real training batches of the shared DataModule from a synthetic dataset
-with 2000-behaviour histories, runs one warm-up step and ``--steps`` timed training
-steps (forward, loss incl. auxiliary losses, backward, Adam step), and reports
+experiments/seminar.yaml when the SEMINAR model exists), one subprocess builds the
+model from the config's ``init_args`` for each history length L (``max_len`` = L),
+takes real training batches of the shared DataModule from a synthetic dataset with
+2000-behaviour histories (gathered once per L, shared by all models), runs one
+warm-up step and ``--steps`` timed training steps (forward, loss incl. auxiliary
+losses, backward, Adam step), and reports
 
 * samples/s = training rows / process CPU seconds of the timed steps (torch runs one
   thread, so CPU time is the work done; wall-clock samples/s is in the JSON too: the
   machine is shared, so wall time is noisier);
-* peak memory = the highest resident set size sampled every 2 ms during the warm-up
-  and timed steps, minus the RSS just before them (model, data and batches already
-  in memory): the extra memory a training step needs.
+* peak memory = the peak resident set size during the warm-up and timed steps (the
+  kernel's high-water mark VmHWM, reset just before them), minus the RSS just before
+  them (model, data and batches already in memory): the extra memory a training step
+  needs. Freed heap is returned to the OS (malloc_trim) before each point.
 
 Every long-sequence baseline encodes each distinct item of a batch once (ETA/SDIM
 hash the distinct items, TWIN projects them: see the models). How much that saves
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import resource
@@ -55,15 +58,33 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _hwm_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM")
+
+
 class PeakRSS:
+    """Peak resident set size inside the block. Exact where the kernel lets us reset the
+    high-water mark (``echo 5 > /proc/self/clear_refs``, Linux >= 4.0); otherwise RSS is
+    sampled every ``interval`` seconds by a thread (may miss short peaks)."""
+
     def __init__(self, interval: float = 0.002):
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
 
     def __enter__(self):
         self.base = _rss_bytes()
         self.peak = self.base
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.method = "VmHWM"
+        except OSError:
+            self.method = "sampled"
+            self._t = threading.Thread(target=self._run, daemon=True)
+            self._t.start()
         return self
 
     def _run(self):
@@ -72,76 +93,120 @@ class PeakRSS:
             time.sleep(self.interval)
 
     def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-        self.peak = max(self.peak, _rss_bytes())
+        if self.method == "VmHWM":
+            self.peak = max(self.peak, _hwm_bytes())
+        else:
+            self._stop.set()
+            self._t.join()
+            self.peak = max(self.peak, _rss_bytes())
 
 
-def worker(cfg_path: str, data: str, L: int, steps: int, batch_size: int, encode_only: bool) -> dict:
-    """One (model, L) point, in its own process."""
+def make_batches(data: Path, L: int, steps: int, batch_size: int, work: Path) -> Path:
+    """Gather the training batches of one (dataset, L) point once and save them for the workers."""
+    import torch
+
+    from seminar_zoo.data.datamodule import LifelongSequenceDataModule
+
+    path = work / f"batches-{data.name}-L{L}-b{batch_size}-n{steps + 1}.pt"
+    if not path.exists():
+        dm = LifelongSequenceDataModule(str(data), max_len=L, batch_size=batch_size, train_window=20, seed=0)
+        dm.setup("fit")
+        it = iter(dm.train_dataloader())
+        batches = [next(it) for _ in range(steps + 1)]
+        torch.save({"batches": batches, "data_meta": dm.data_meta, "tables": dm.feature_tables()}, path)
+    return path
+
+
+def _trim_heap() -> None:
+    """Return freed heap memory to the OS so the next point's RSS baseline is honest."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def worker(cfg_path: str, points: list, steps: int, encode_only: bool) -> list:
+    """All (batches, L) points of one model config, in one process (imports are paid once)."""
     os.environ.setdefault("WANDB_MODE", "disabled")
     import torch
     import torch.nn.functional as F
     import yaml
 
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    from seminar_zoo.data.datamodule import LifelongSequenceDataModule
-
-    dm = LifelongSequenceDataModule(data, max_len=L, batch_size=batch_size, train_window=20, seed=0)
-    dm.setup()
-    it = iter(dm.train_dataloader())
-    batches = [next(it) for _ in range(steps + 1)]
     cfg = yaml.safe_load(Path(cfg_path).read_text())["model"]
     mod, cls = cfg["class_path"].rsplit(".", 1)
-    init = dict(cfg.get("init_args") or {})
-    init.update(data_meta=dm.data_meta, max_len=L)
-    model = getattr(importlib.import_module(mod), cls)(**init)
-    model.load_tables(dm.feature_tables())
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    out = []
+    for batches_path, L in points:
+        torch.manual_seed(0)
+        saved = torch.load(batches_path, weights_only=False)
+        batches, meta = saved["batches"], saved["data_meta"]
+        init = dict(cfg.get("init_args") or {})
+        init.update(data_meta=meta, max_len=L)
+        try:
+            model = getattr(importlib.import_module(mod), cls)(**init)
+            model.load_tables(saved["tables"])
+            model.train()
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
-    def step(b):
-        opt.zero_grad(set_to_none=True)
-        if encode_only:
-            model.item_encoder.fused(b["hist_item_id"]).sum().backward()
-            return
-        logits = model(b)
-        loss = F.binary_cross_entropy_with_logits(logits, b["label"])
-        if model._aux:
-            loss = loss + sum(model._aux.values())
-        loss.backward()
-        opt.step()
+            def step(b):
+                opt.zero_grad(set_to_none=True)
+                if encode_only:
+                    model.item_encoder.fused(b["hist_item_id"]).sum().backward()
+                    return
+                logits = model(b)
+                loss = F.binary_cross_entropy_with_logits(logits, b["label"])
+                if model._aux:
+                    loss = loss + sum(model._aux.values())
+                loss.backward()
+                opt.step()
 
-    with PeakRSS() as mem:
-        step(batches[0])
-        w0, c0 = time.perf_counter(), time.process_time()
-        for b in batches[1:]:
-            step(b)
-        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-    rows = sum(int(b["label"].shape[0]) for b in batches[1:])
-    uniq = float(sum(torch.unique(b["hist_item_id"]).numel() for b in batches[1:]) / steps)
-    return {"samples_per_s_cpu": rows / cpu, "samples_per_s_wall": rows / wall, "ms_per_step_cpu": 1000 * cpu / steps,
-            "peak_step_mb": (mem.peak - mem.base) / 2**20, "rss_before_mb": mem.base / 2**20,
-            "distinct_items_per_batch": uniq, "n_items": dm.data_meta["n_items"],
-            "history_len_avg": float(sum(b["hist_mask"].sum().item() for b in batches[1:]) / rows)}
+            _trim_heap()
+            with PeakRSS() as mem:
+                step(batches[0])
+                w0, c0 = time.perf_counter(), time.process_time()
+                for b in batches[1:steps + 1]:
+                    step(b)
+                wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+        except Exception as e:  # one failing point must not hide the others
+            out.append({"L": L, "error": f"{type(e).__name__}: {e}"})
+            continue
+        timed = batches[1:steps + 1]
+        rows = sum(int(b["label"].shape[0]) for b in timed)
+        uniq = float(sum(torch.unique(b["hist_item_id"]).numel() for b in timed) / len(timed))
+        out.append({"L": L, "samples_per_s_cpu": rows / cpu, "samples_per_s_wall": rows / wall,
+                    "ms_per_step_cpu": 1000 * cpu / len(timed), "peak_step_mb": (mem.peak - mem.base) / 2**20,
+                    "rss_before_mb": mem.base / 2**20, "peak_method": mem.method, "distinct_items_per_batch": uniq, "n_items": meta["n_items"],
+                    "history_len_avg": float(sum(b["hist_mask"].sum().item() for b in timed) / rows)})
+        del model, opt, saved, batches
+    return out
 
 
-def run_point(name, cfg, data, L, args, encode_only=False):
-    cmd = [sys.executable, __file__, "--worker", str(cfg), "--data", str(data), "--L", str(L),
-           "--steps", str(args.steps), "--batch-size", str(args.batch_size)] + (["--encode-only"] if encode_only else [])
+def run_model(name, cfg, points, args, encode_only=False):
+    """points: [(catalog, batches_path, L)] -> result rows."""
+    cmd = [sys.executable, __file__, "--worker", str(cfg), "--points", json.dumps([[str(p), L] for _, p, L in points]),
+           "--steps", str(args.steps)] + (["--encode-only"] if encode_only else [])
     t = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
     if r.returncode != 0 or not line:
         err = (r.stderr.strip().splitlines() or ["?"])[-1]
-        print(f"[throughput] {name} L={L}: FAILED ({err})", flush=True)
-        return {"model": name, "L": L, "error": err}
-    res = {"model": name, "L": L, **json.loads(line[0][7:])}
-    print(f"[throughput] {name:10s} L={L:5d} items={res['n_items']:6d}: {res['samples_per_s_cpu']:8.0f} samples/s "
-          f"(cpu), {res['ms_per_step_cpu']:7.0f} ms/step, peak +{res['peak_step_mb']:6.0f} MB ({time.time() - t:.0f}s)",
-          flush=True)
-    return res
+        print(f"[throughput] {name}: FAILED ({err})", flush=True)
+        return [{"model": name, "L": L, "catalog": cat, "error": err} for cat, _, L in points]
+    rows = []
+    for (cat, _, _), res in zip(points, json.loads(line[0][7:])):
+        res = {"model": name, "catalog": cat, **res}
+        rows.append(res)
+        if "error" in res:
+            print(f"[throughput] {name:10s} L={res['L']:5d} items={cat:6d}: FAILED ({res['error']})", flush=True)
+        else:
+            print(f"[throughput] {name:10s} L={res['L']:5d} items={cat:6d}: {res['samples_per_s_cpu']:8.0f} samples/s "
+                  f"(cpu), {res['ms_per_step_cpu']:7.0f} ms/step, peak +{res['peak_step_mb']:6.0f} MB", flush=True)
+    print(f"[throughput] {name}: {time.time() - t:.0f}s", flush=True)
+    return rows
 
 
 def ensure_data(path: Path, users: int, items: int, seq_len: int) -> Path:
@@ -156,7 +221,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--encode-only", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--L", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--points", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--data", default=None)
     ap.add_argument("--lengths", type=int, nargs="+", default=[100, 1000, 2000])
     ap.add_argument("--steps", type=int, default=3, help="timed training steps per point (after 1 warm-up)")
@@ -169,26 +234,25 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "throughput"))
     args = ap.parse_args(argv)
     if args.worker:
-        print("RESULT " + json.dumps(worker(args.worker, args.data, args.L, args.steps, args.batch_size,
-                                            args.encode_only)), flush=True)
+        print("RESULT " + json.dumps(worker(args.worker, json.loads(args.points), args.steps, args.encode_only)),
+              flush=True)
         return None
     Lmax = max(args.lengths)
     work = Path(args.work)
     data = ensure_data(work / f"syn-u{args.users}-i{args.items}-l{Lmax}", args.users, args.items, Lmax)
     cfgs = [c for c in configs() if not args.only or c.stem in args.only]
-    t0 = time.time()
-    rows = []
-    for L in args.lengths:
-        rows.append(run_point("encode", cfgs[0], data, L, args, encode_only=True) | {"catalog": args.items})
-        for cfg in cfgs:
-            rows.append(run_point(cfg.stem, cfg, data, L, args) | {"catalog": args.items})
+    t0, load0 = time.time(), os.getloadavg()[0]
+    work.mkdir(parents=True, exist_ok=True)
+    points = [(args.items, make_batches(data, L, args.steps, args.batch_size, work), L) for L in args.lengths]
     if args.extra_catalog:
         big = ensure_data(work / f"syn-u{args.users}-i{args.extra_catalog}-l{Lmax}", args.users, args.extra_catalog, Lmax)
-        rows.append(run_point("encode", cfgs[0], big, Lmax, args, encode_only=True) | {"catalog": args.extra_catalog})
-        for cfg in cfgs:
-            rows.append(run_point(cfg.stem, cfg, big, Lmax, args) | {"catalog": args.extra_catalog})
-    result = {"config": {k: v for k, v in vars(args).items() if k not in ("worker", "encode_only", "L")},
-              "seconds": time.time() - t0, "rows": rows, "ratios": ratios(rows, Lmax)}
+        points.append((args.extra_catalog, make_batches(big, Lmax, args.steps, args.batch_size, work), Lmax))
+    rows = run_model("encode", cfgs[0], points, args, encode_only=True)
+    for cfg in cfgs:
+        rows += run_model(cfg.stem, cfg, points, args)
+    result = {"config": {k: v for k, v in vars(args).items() if k not in ("worker", "encode_only", "points")},
+              "seconds": time.time() - t0, "rows": rows, "ratios": ratios(rows, Lmax),
+              "load_average": [load0, os.getloadavg()[0]], "cpus": os.cpu_count()}
     import torch
 
     result["torch"] = torch.__version__
@@ -236,7 +300,10 @@ def render(result, args) -> str:
              f"Batch {args.batch_size}, one torch thread, {args.steps} timed training steps after one warm-up per point, "
              f"real batches of the shared DataModule (synthetic, {args.items} items, histories of 2000 behaviours), "
              f"configs from baselines/*.yaml (model max_len = L). samples/s = rows / process CPU seconds; "
-             f"peak = max RSS during the steps minus RSS before them. CPU: {result['cpu']}, torch {result['torch']}. "
+             f"peak = peak RSS (VmHWM) during the steps minus RSS before them. CPU: {result['cpu']} ({result['cpus']} cores, "
+             f"1-min load average {result['load_average'][0]:.1f} at the start, {result['load_average'][1]:.1f} at the end: "
+             "a shared machine, so absolute numbers move between runs; the ratios are the stable part), "
+             f"torch {result['torch']}. "
              "`encode` = the shared ItemEncoder alone on the [B, L] history (forward + backward).", "",
              "| model | " + " | ".join(f"samples/s L={L}" for L in Ls) + " | " + " | ".join(f"peak MB L={L}" for L in Ls)
              + " |", "|---" * (1 + 2 * len(Ls)) + "|"]

@@ -70,7 +70,9 @@ class SEMINAR(RecModel):
     """See the module docstring.
 
     Args:
-        psu_ckpt: a PSU checkpoint to restore (skips pretraining in ``experiment``).
+        psu_ckpt: a PSU checkpoint to restore (skips pretraining in ``experiment``), e.g. the
+            ``RUN/psu/psu.ckpt`` an earlier experiment saved. A finetuned SEMINAR checkpoint records
+            it; ``SEMINAR.load_from_checkpoint(path, psu_ckpt=None)`` loads one without the PSU file.
         freeze_psu: freeze the restored encoders, gamma and GSU attention.
         retrieval: ``exact`` or ``pq`` GSU scoring.
         lambda_q: query weight of the pair fusion (items get 1 - lambda_q).

@@ -79,3 +79,19 @@ def test_ddp_two_processes_match_one(tiny_data, tmp_path):
     assert res[2]["world_size"] == 2 and res[1]["world_size"] == 1
     for k in ("test/auc", "test/gauc", "test/ndcg@10", "test/hr@10", "test/mrr"):
         assert res[1][k] == pytest.approx(res[2][k], abs=1e-6), k
+
+
+@pytest.mark.ddp
+def test_seminar_experiment_both_stages_under_ddp(tiny_data, tmp_path):
+    """`experiment` pretrains the PSU and finetunes SEMINAR with 2 gloo processes; the run dir keeps both
+    checkpoints, and the test pass scores every test list exactly once."""
+    cfg = os.path.join(os.path.dirname(__file__), "..", "experiments", "seminar.yaml")
+    run(["experiment", "--config", cfg, "--data.path", str(tiny_data), "--run_dir", str(tmp_path / "run"),
+         "--trainer.max_epochs", "1", "--model.init_args.pretrain", "{epochs: 1}", "--model.init_args.topk", "8",
+         "--model.init_args.num_heads", "2", "--trainer.strategy", "ddp", "--trainer.devices", "2",
+         "--trainer.accelerator", "cpu", *SMALL], cwd=tmp_path, timeout=600)
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["model"] == "SEMINAR" and m["world_size"] == 2 and m["n_test"] == 120
+    assert 0.0 <= m["test/auc"] <= 1.0
+    assert (tmp_path / "run" / "psu" / "psu.ckpt").exists()
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()

@@ -221,6 +221,7 @@ def experiment_main(argv: List[str]) -> dict:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "best_checkpoint": best,
         "epochs": trainer.current_epoch,
+        "world_size": trainer.world_size,
     }
     out.update({k: float(v) for k, v in res.items() if k.startswith("test/") and k != "test/auc_pb"})
     out.update(model.extra_test_metrics)

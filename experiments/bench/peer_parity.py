@@ -51,6 +51,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
 from seminar_zoo.data.datamodule import LifelongSequenceDataModule  # noqa: E402
 from seminar_zoo.data.synthetic import generate  # noqa: E402
@@ -220,26 +221,27 @@ def build_theirs(name, classes, fm, args, tmp):
 
 
 # ----------------------------------------------------------------------------- our side
+class _TowerWithoutProduct(nn.Module):
+    """Feeds ``tower`` RecModel.forward's tower input minus the ``t * u`` slice: [t, u] (+ short-term)."""
+
+    def __init__(self, d: int, interest_dim: int, tower: nn.Module):
+        super().__init__()
+        self.keep, self.drop = d + interest_dim, (d if interest_dim == d else 0)
+        self.tower = tower
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tower(torch.cat([x[:, :self.keep], x[:, self.keep + self.drop:]], -1))
+
+
 def concat_only_tower(model):
     """Investigation switch (--ours-concat-tower): feed our tower [t, u] (+ short-term) like FuxiCTR's
-    DNN does, instead of RecModel's [t, u, t * u]. Everything else unchanged."""
+    DNN does, instead of RecModel's [t, u, t * u]. Everything else (RecModel.forward included) unchanged."""
     from seminar_zoo.modules.tower import Tower
 
     d = model.hparams.embed_dim
-    model.tower = Tower(d + model.interest_dim + (d if model.short_term is not None else 0),
-                        model.hparams.tower_dims, model.hparams.dropout)
-
-    def forward(batch):
-        model._aux = {}
-        t = model.target_vector(batch)
-        feats = [t, model.interest(batch, t)]
-        if model.short_term is not None:
-            h, _, m = model.history(batch)
-            n = model.hparams.short_term_len
-            feats.append(model.short_term(t, model.item_encoder.fused(h[:, -n:]), m[:, -n:]))
-        return model.tower(torch.cat(feats, -1))
-
-    model.forward = forward
+    tower = Tower(d + model.interest_dim + (d if model.short_term is not None else 0),
+                  model.hparams.tower_dims, model.hparams.dropout)
+    model.tower = _TowerWithoutProduct(d, model.interest_dim, tower)
     return model
 
 

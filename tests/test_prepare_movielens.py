@@ -133,7 +133,7 @@ def test_fixture_ties_genres_years(tmp_path):
     assert items["attr_year"][items["raw_item_id"].index(30)] == 1  # 1939 -> <1940
     kb = items["raw_item_id"].index(20)
     assert items["attr_genre1"][kb] > 0 and items["attr_genre2"][kb] == 0
-    assert list((tmp_path / "cache").glob("hash-*.npy"))  # embeddings cached
+    assert list((tmp_path / "cache").glob("hash-*/part-*.parquet"))  # embeddings cached per text
     # histories hold only strictly earlier behaviours: the ts-100 rating of item 20 sees item 10 only
     dm = LifelongSequenceDataModule(str(out), max_len=5)
     dm._load()

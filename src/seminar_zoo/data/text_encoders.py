@@ -15,9 +15,10 @@ pretrained language model; we default to a small one that runs on a laptop CPU:
   learned encoder: two texts are close only if they share words. It exists so the
   preparers work without the optional extra; meta.json labels it as such.
 
-:func:`encode_cached` stores embeddings in ``cache_dir`` keyed by a hash of the
-encoder's identity and the exact texts, so preparing the same data again (or the
-same items under another protocol) skips encoding.
+:func:`encode_cached` (in :mod:`seminar_zoo.data.text_cache`) keys a parquet store
+per text (blake2b of the text, one store per encoder ``cache_id``), so any overlap
+between runs is reused; empty texts are never encoded, and new texts are encoded in
+order of length.
 
 :func:`hash_token_ids` is the same hashing trick for already-tokenised,
 anonymised token-id sequences (KuaiSAR's query keywords and captions).
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+
+from .text_cache import empty_text_mask, encode_cached  # noqa: F401  (re-exported)
 
 DEFAULT_ENCODER = "minilm"
 
@@ -163,13 +166,15 @@ class MiniLMEncoder(TextEncoder):
         model = self._load()
         out = np.zeros((len(texts), self.dim), np.float32)
         bs = self.batch_size
-        step = 16 * bs  # sentence-transformers sorts each call's texts by length: bigger calls pad less
+        step = 16 * bs
+        # batches of similar length pad less; rows are written back in input order
+        order = np.argsort([len(t or "") for t in texts], kind="stable")
         with tqdm(total=len(texts), desc="minilm text", disable=not progress, mininterval=1.0) as bar:
             for i in range(0, len(texts), step):
-                chunk = [t if t else "" for t in texts[i:i + step]]
-                out[i:i + len(chunk)] = model.encode(chunk, batch_size=bs, normalize_embeddings=True,
-                                                     convert_to_numpy=True, show_progress_bar=False)
-                bar.update(len(chunk))
+                rows = order[i:i + step]
+                out[rows] = model.encode([texts[r] or "" for r in rows], batch_size=bs, normalize_embeddings=True,
+                                         convert_to_numpy=True, show_progress_bar=False)
+                bar.update(len(rows))
         return out
 
     def cache_id(self) -> str:
@@ -205,47 +210,6 @@ def minilm_available() -> bool:
         return True
     except TextEncoderUnavailable:
         return False
-
-
-# --------------------------------------------------------------------------- cache
-def texts_key(encoder: TextEncoder, texts: Sequence[str]) -> str:
-    h = hashlib.sha256(encoder.cache_id().encode("utf-8"))
-    h.update(len(texts).to_bytes(8, "little"))
-    for t in texts:
-        b = (t or "").encode("utf-8")
-        h.update(len(b).to_bytes(8, "little"))
-        h.update(b)
-    return h.hexdigest()
-
-
-def encode_cached(encoder: TextEncoder, texts: Sequence[str], cache_dir, progress: bool = False,
-                  log: Optional[Callable[[str], None]] = None) -> np.ndarray:
-    """Embeddings of ``texts``; reuse ``cache_dir/<encoder>-<hash>.npy`` when present.
-
-    ``cache_dir=None`` disables the cache.
-    """
-    if cache_dir is None:
-        return encoder.encode(texts, progress=progress)
-    cache_dir = Path(cache_dir)
-    f = cache_dir / f"{encoder.name}-{texts_key(encoder, texts)[:24]}.npy"
-    if f.exists():
-        try:
-            arr = np.load(f, allow_pickle=False)
-            if arr.shape == (len(texts), encoder.dim) and arr.dtype == np.float32:
-                if log:
-                    log(f"text embeddings: cache hit {f}")
-                return arr
-        except (OSError, ValueError):
-            pass  # unreadable cache file: recompute and overwrite
-    arr = np.ascontiguousarray(encoder.encode(texts, progress=progress), dtype=np.float32)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, arr, allow_pickle=False)
-    os.replace(tmp, f)
-    if log:
-        log(f"text embeddings: wrote cache {f}")
-    return arr
 
 
 # --------------------------------------------------------------------------- token ids

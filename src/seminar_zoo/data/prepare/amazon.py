@@ -45,6 +45,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ..schema import DatasetError, emb_array, write_dataset
+from ..text_cache import empty_text_mask
 from . import common as C
 
 SOURCE = ("Amazon Reviews (2018: J. Ni, J. Li, J. McAuley, EMNLP 2019, https://nijianmo.github.io/amazon/; "
@@ -188,9 +189,8 @@ def prepare(reviews, meta_file, out, protocol="ranking", positive_threshold=4.0,
         from ..text_encoders import HashEncoder
 
         encoder = HashEncoder()
-    emb = C.text_embeddings(encoder, text, args) if args is not None else encoder.encode(text)
-    empty = np.array([not s for s in text])
-    emb[empty] = 0.0  # no text -> zero vector, not the encoder's embedding of ""
+    emb = C.text_embeddings(encoder, text, args)  # empty text -> zero row, never encoded
+    empty = empty_text_mask(text)  # counted in meta.json (items_without_text)
 
     cols = {"item_id": np.arange(1, n + 1, dtype=np.int64)}
     card = {}
@@ -217,7 +217,7 @@ def prepare(reviews, meta_file, out, protocol="ranking", positive_threshold=4.0,
             q = _first_words(d, dummy_query_words)
             item_q[k + 1] = qint(q) if q else 0
         events["query_id"] = item_q[events["item_id"]]
-        qemb = C.text_embeddings(encoder, list(qint.values), args) if args is not None else encoder.encode(qint.values)
+        qemb = C.text_embeddings(encoder, list(qint.values), args)
         queries = {"query_id": np.arange(1, len(qint) + 1, dtype=np.int64), "text_emb": emb_array(qemb),
                    "text": list(qint.values)}
         modalities.append("query")

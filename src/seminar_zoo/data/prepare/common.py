@@ -505,8 +505,14 @@ def make_encoder(args):
 
 
 def text_embeddings(encoder, texts: Sequence[str], args) -> np.ndarray:
+    """Per-text cached embeddings (``text_cache``); empty texts -> zero rows, never encoded.
+
+    ``args=None`` (library use): no cache, no log.
+    """
     from ..text_encoders import encode_cached
 
+    if args is None:
+        return encode_cached(encoder, list(texts), None)
     cache = None
     if not getattr(args, "no_cache", False):
         cache = Path(args.cache_dir) if args.cache_dir else Path(args.out).absolute().parent / ".text-cache"

@@ -37,6 +37,7 @@ from typing import List, Optional
 import numpy as np
 
 from ..schema import DatasetError, emb_array, write_dataset
+from ..text_cache import empty_text_mask
 from . import common as C
 
 SOURCE = ("MovieLens (F. M. Harper and J. A. Konstan, 'The MovieLens Datasets: History and Context', "
@@ -134,7 +135,7 @@ def prepare(raw, out, protocol: str = "ranking", positive_threshold: float = 4.0
         from ..text_encoders import HashEncoder
 
         encoder = HashEncoder()
-    text = C.text_embeddings(encoder, texts, args) if args is not None else encoder.encode(texts)
+    text = C.text_embeddings(encoder, texts, args)
 
     items = {"item_id": np.arange(1, n + 1, dtype=np.int64)}
     for s in range(MAX_GENRES):
@@ -145,6 +146,7 @@ def prepare(raw, out, protocol: str = "ranking", positive_threshold: float = 4.0
     items["title"] = [titles[k] for k in rows]  # for inspection; the DataModule ignores it
 
     st = info["stats"]
+    st["items_without_text"] = int(empty_text_mask(texts).sum())  # zero text rows, never encoded
     attr_cols = [f"attr_genre{s + 1}" for s in range(MAX_GENRES)] + ["attr_year"]
     if protocol == "ranking":
         label_rule = "every rating is a positive interaction (label 1); negatives are sampled by the DataModule"

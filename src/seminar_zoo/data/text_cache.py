@@ -207,6 +207,8 @@ def encode_cached(encoder, texts: Sequence[Optional[str]], cache_dir, progress: 
         found, emb = np.zeros(len(hashes), bool), np.zeros((len(hashes), encoder.dim), np.float32)
     todo = np.flatnonzero(~found)
     todo = todo[np.argsort([len(texts[first_row[k]]) for k in todo], kind="stable")]
+    if len(todo) and hasattr(encoder, "load"):
+        encoder.load()  # model loading is not encoding time
     t0 = time.perf_counter()
     with tqdm(total=len(todo), desc=f"{encoder.name} text", disable=not progress or not len(todo),
               mininterval=1.0) as bar:

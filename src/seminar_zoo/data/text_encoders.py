@@ -51,6 +51,9 @@ class TextEncoder:
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         raise NotImplementedError
 
+    def load(self) -> None:
+        """Load weights now (optional), so that texts/s measures encoding only."""
+
     def cache_id(self) -> str:
         """Everything that changes the output for the same texts."""
         return f"{self.name}:{self.dim}"
@@ -140,6 +143,9 @@ class MiniLMEncoder(TextEncoder):
         self.package_version = getattr(pkg, "__version__", "?")
         self.device, self.batch_size = device, batch_size
         self._model = None
+
+    def load(self) -> None:
+        self._load()
 
     def _load(self):
         if self._model is None:

@@ -130,8 +130,8 @@ def list_metrics(lists, o, t, p, neg_below, P, N, ks: Sequence[int]) -> Dict[str
         miss = torch.where(free <= n, (_lbinom(n, torch.minimum(free, n)) - _lbinom(td, torch.minimum(free, td))).exp(),
                            torch.zeros_like(n))
         hit_g = torch.where(free >= td, torch.ones_like(n), torch.where(free > 0, 1.0 - miss, torch.zeros_like(n)))
-        out[f"hr@{k}"] = torch.zeros(n_lists, dtype=torch.float64).index_reduce_(0, lists, hit_g, "amax")
-    first = torch.full((n_lists,), torch.iinfo(torch.long).max, dtype=torch.long).index_reduce_(0, lists, o, "amin")
+        out[f"hr@{k}"] = torch.zeros(n_lists, dtype=torch.float64).scatter_reduce_(0, lists, hit_g, "amax")
+    first = torch.full((n_lists,), torch.iinfo(torch.long).max, dtype=torch.long).scatter_reduce_(0, lists, o, "amin")
     is_first = o == first[lists]
     mrr = torch.zeros(n_lists, dtype=torch.float64)
     mrr[lists[is_first]] = _expected_mrr(o[is_first], t[is_first], p[is_first])

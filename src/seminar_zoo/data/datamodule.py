@@ -216,7 +216,7 @@ class LifelongSequenceDataModule(pl.LightningDataModule):
         t = self._load()
         ev, st, hp = t.events, self.store, self.hparams
         n_items = t.n_items
-        if hp.protocol == "ranking":
+        if hp.protocol in ("ranking", "full"):
             self.splits = self._ranking_splits(st, n_items)
         else:
             self.splits = self._ctr_splits(ev, st)

@@ -29,7 +29,6 @@ from typing import Dict, Sequence
 
 import torch
 from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 
 def _binary_auc(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

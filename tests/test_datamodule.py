@@ -114,3 +114,49 @@ def test_no_per_sample_history_copies(tiny_dm):
 def test_stats_report(tiny_dm):
     s = tiny_dm.stats
     assert s["train"]["samples"] > 0 and 0 < s["train"]["avg_hist_len"] <= s["train"]["max_hist_len"] <= 40
+
+
+def test_public_api_and_summary(tiny_dm, tiny_data):
+    import pyarrow.parquet as pq
+
+    assert tiny_dm.protocol == "ranking"
+    sizes = tiny_dm.split_sizes()
+    assert sizes == {k: v.n_samples for k, v in tiny_dm.splits.items()}
+    ev = pq.read_table(tiny_data / "events.parquet", columns=["user_id", "item_id"]).to_pydict()
+    ptr, items = tiny_dm.interacted_items([3, 1])
+    for j, u in enumerate((3, 1)):  # every item of the user's log, any label, sorted, distinct
+        want = sorted({i for uu, i in zip(ev["user_id"], ev["item_id"]) if uu == u})
+        assert items[ptr[j]:ptr[j + 1]].tolist() == want
+    counts = tiny_dm.train_item_counts()
+    assert counts.shape == (tiny_dm.data_meta["n_items"] + 1,) and counts[0] == 0
+    assert counts.sum() == sum(max(0, n - 2) for n in np.diff(tiny_dm.store.offsets)[1:])
+    for name in ("val", "test"):
+        s = tiny_dm.summary[name]
+        assert s["dropped_users"] == 0 and 0 <= s["repeat_share"] <= 1
+
+
+def test_summary_counts_users_dropped_for_too_few_behaviours(tmp_path):
+    from seminar_zoo.data.synthetic import generate
+
+    src = generate(tmp_path / "d", users=30, items=100, seq_len=12, seed=1)
+    import pyarrow.parquet as pq
+
+    ev = pq.read_table(src / "events.parquet")
+    u = np.asarray(ev["user_id"])
+    lab = np.asarray(ev["label"])
+    # keep only 2 positive behaviours of users 1..4: they have a test target but no validation target
+    pos_rank = np.zeros(len(u), int)
+    for x in range(1, 5):
+        idx = np.flatnonzero((u == x) & (lab == 1))
+        pos_rank[idx] = np.arange(len(idx)) + 1
+    keep = ~np.isin(u, [1, 2, 3, 4]) | ((lab == 1) & (pos_rank <= 2))
+    pq.write_table(ev.filter(keep), src / "events.parquet")
+    import json
+
+    meta = json.loads((src / "meta.json").read_text())
+    meta["n_events"] = int(keep.sum())
+    (src / "meta.json").write_text(json.dumps(meta))
+    dm = LifelongSequenceDataModule(str(src), max_len=10, n_eval_negatives=20)
+    dm.setup()
+    assert dm.summary["val"]["dropped_users"] == 4 and dm.summary["test"]["dropped_users"] == 0
+    assert dm.split_sizes()["val"] == 26 and dm.split_sizes()["test"] == 30

@@ -104,18 +104,15 @@ def _make_cli_class():
                 cfg.trainer.callbacks = []
 
         def after_test(self) -> None:
-            """`seminar-zoo test` writes metrics.json next to the checkpoint it tested."""
+            """`seminar-zoo test` writes metrics.json into the run folder (trainer.default_root_dir)."""
             if not self.trainer.is_global_zero:
                 return
-            ckpt = self._cfg().get("ckpt_path")
-            folder = Path(ckpt).parent if ckpt and os.path.exists(str(ckpt)) else Path(self.trainer.default_root_dir)
-            folder.mkdir(parents=True, exist_ok=True)
-            res = {k: float(v) for k, v in self.trainer.callback_metrics.items()
-                   if k.startswith("test/") and k != "test/auc_pb"}
-            res.update({"model": type(self.model).__name__, "checkpoint": str(ckpt),
-                        "world_size": self.trainer.world_size,
-                        "n_test": int(self.datamodule.splits["test"].n_samples)})
-            _atomic_json(folder / "metrics.json", res)
+            from .run_metrics import run_record, write_metrics
+
+            cfg = self._cfg()
+            rec = run_record(self.model, self.datamodule, self.trainer, self.trainer.callback_metrics,
+                             seed=cfg.get("seed_everything"), checkpoint=str(cfg.get("ckpt_path")))
+            write_metrics(Path(self.trainer.default_root_dir), rec)
 
         def instantiate_trainer(self, **kwargs):
             self.throughput = ThroughputMonitor()
@@ -166,12 +163,6 @@ class ExperimentContext:
         return pl.Trainer(**kw)
 
 
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float))
-    os.replace(tmp, path)
-
-
 def experiment_main(argv: List[str]) -> dict:
     import torch
 
@@ -204,29 +195,16 @@ def experiment_main(argv: List[str]) -> dict:
         model.load_state_dict(state)
     model.before_test(ctx)
     res = trainer.test(model, dm, verbose=False)[0]
+    from .run_metrics import run_record, write_metrics
+
     tp = cli.throughput
-    hp = dm.hparams
-    out = {
-        "name": name,
-        "model": type(model).__name__,
-        "dataset": dm.data_meta["name"],
-        "data_path": str(dm.path),
-        "protocol": hp.protocol,
-        "seed": int(cli.config.seed_everything) if cli.config.seed_everything is not None else None,
-        "n_eval_negatives": hp.n_eval_negatives if hp.protocol == "ranking" else None,
-        "max_len": model.hparams.max_len or hp.max_len,
-        "n_test": int(dm.splits["test"].n_samples),
-        "fit_seconds": fit_seconds,
-        "samples_per_second": tp.rows / tp.seconds if tp.seconds else None,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "best_checkpoint": best,
-        "epochs": trainer.current_epoch,
-        "world_size": trainer.world_size,
-    }
-    out.update({k: float(v) for k, v in res.items() if k.startswith("test/") and k != "test/auc_pb"})
-    out.update(model.extra_test_metrics)
+    seed = int(cli.config.seed_everything) if cli.config.seed_everything is not None else None
+    out = run_record(model, dm, trainer, res, seed=seed, fit_seconds=fit_seconds, name=name,
+                     samples_per_second=tp.rows / tp.seconds if tp.seconds else None,
+                     peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                     best_checkpoint=best, epochs=trainer.current_epoch)
     if trainer.is_global_zero:
-        _atomic_json(run_dir / "metrics.json", out)
+        write_metrics(run_dir / "metrics.json", out)
         if hasattr(trainer.logger, "experiment") and hasattr(trainer.logger.experiment, "summary"):
             try:
                 trainer.logger.experiment.summary.update({k: v for k, v in out.items() if v is not None})

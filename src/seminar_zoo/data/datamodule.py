@@ -12,9 +12,14 @@ Protocols (DESIGN.md, "Evaluation protocol"):
 * ``ranking`` (default): per user, the last behaviour is the test target, the one
   before the validation target, the ``train_window`` before that are training
   targets (``None`` = all). Each training target is paired with
-  ``train_negatives`` uniformly sampled items (seeded by ``seed``, epoch, index);
-  each evaluation target is ranked against ``n_eval_negatives`` seeded items the
-  user never interacted with. The group id of a ranking list is the sample index.
+  ``train_negatives`` items drawn uniformly among those the user never interacted
+  with (a pure function of ``seed``, epoch and row); each evaluation target is
+  ranked against ``n_eval_negatives`` seeded items drawn uniformly without
+  replacement among those the user never interacted with (``negatives.py``).
+  The group id of a ranking list is the sample index.
+* ``full``: as ``ranking``, but each evaluation target is ranked against every item
+  the user never interacted with; an evaluation batch carries the users' interacted
+  items as CSR (``seen_ptr`` [B+1], ``seen_item``) and the model scores all items.
 * ``ctr``: labelled impressions; per user the last request is test, the one before
   validation, the ``train_window`` requests before that training. Groups are the
   dataset's ``request_id``.
@@ -29,77 +34,17 @@ embeddings are looked up by id from :meth:`feature_tables`, held by the model.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Iterator, Literal, Optional
+from typing import Dict, Literal, Optional
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
+from .negatives import Interacted
 from .schema import DatasetError, Tables, read_meta, validate_dataset
-
-_KEY = np.int64(1) << 34  # ts < 2^34 s (year 2514); user * _KEY + ts stays in int64
-
-
-def _mix(*xs: np.ndarray) -> np.ndarray:
-    """Deterministic 64-bit hash (splitmix64 finaliser) of integer arrays."""
-    h = np.zeros(np.broadcast(*xs).shape, np.uint64)
-    with np.errstate(over="ignore"):
-        for x in xs:
-            h ^= np.asarray(x).astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15) + (h << np.uint64(6)) + (h >> np.uint64(2))
-            h ^= h >> np.uint64(30)
-            h *= np.uint64(0xBF58476D1CE4E5B9)
-            h ^= h >> np.uint64(27)
-            h *= np.uint64(0x94D049BB133111EB)
-            h ^= h >> np.uint64(31)
-    return h
-
-
-class SequenceStore:
-    """Per-user positive behaviours as flat arrays plus offsets."""
-
-    def __init__(self, ev: Dict[str, np.ndarray], n_users: int):
-        pos = ev["label"] == 1
-        self.user = ev["user_id"][pos]
-        self.ts = ev["ts"][pos]
-        self.item = ev["item_id"][pos]
-        self.query = ev["query_id"][pos]
-        self.key = self.user * _KEY + self.ts  # sorted (validated)
-        counts = np.bincount(self.user, minlength=n_users + 1)
-        self.offsets = np.concatenate([[0], np.cumsum(counts)])  # user u: [offsets[u], offsets[u+1])
-
-    def history_end(self, user: np.ndarray, ts: np.ndarray) -> np.ndarray:
-        """Global index one past the last behaviour of ``user`` strictly before ``ts``."""
-        return np.searchsorted(self.key, user * _KEY + ts, side="left")
-
-    def _windows(self, max_len: int):
-        # [n + 1, max_len] strided views over the arrays left-padded with max_len zeros:
-        # row e holds behaviours e - max_len .. e - 1, so a batch gather is one fancy-index copy.
-        if getattr(self, "_win_len", None) != max_len:
-            pad = np.zeros(max_len, np.int64)
-            self._pad_item = np.concatenate([pad, self.item])
-            self._pad_query = np.concatenate([pad, self.query])
-            view = np.lib.stride_tricks.sliding_window_view
-            self._win = (view(self._pad_item, max_len), view(self._pad_query, max_len))
-            self._win_len = max_len
-        return self._win
-
-    def gather(self, user: np.ndarray, end: np.ndarray, max_len: int):
-        """Right-aligned [B, L] histories, L = min(max_len, longest history in the batch)."""
-        n_hist = np.minimum(end - self.offsets[user], max_len)
-        width = int(n_hist.max()) if len(n_hist) else 1
-        width = max(width, 1)
-        w_item, w_query = self._windows(max_len)
-        rows = end  # window row e ends just before global index e
-        mask = np.arange(max_len - width, max_len)[None, :] >= (max_len - n_hist)[:, None]
-        item = w_item[rows, max_len - width:] * mask
-        query = w_query[rows, max_len - width:] * mask
-        return item, query, mask
-
-    def __getstate__(self):
-        # the padded copies are rebuilt lazily in each worker instead of being pickled
-        return {k: v for k, v in self.__dict__.items() if k not in ("_win", "_pad_item", "_pad_query", "_win_len")}
+from .sequences import EpochShardSampler, SequenceStore, _collate, _first_occurrence, _mix
 
 
 class SampleSet(Dataset):
@@ -111,8 +56,10 @@ class SampleSet(Dataset):
     """
 
     def __init__(self, store: SequenceStore, max_len: int, user, end, item, query, label, group,
-                 candidates: Optional[np.ndarray] = None, n_train_neg: int = 0, n_items: int = 0, seed: int = 0):
+                 candidates: Optional[np.ndarray] = None, n_train_neg: int = 0, n_items: int = 0, seed: int = 0,
+                 interacted: Optional[Interacted] = None, full: bool = False):
         self.store, self.max_len = store, max_len
+        self.interacted, self.full = interacted, full
         self.user, self.end, self.item, self.query = user, end, item, query
         self.label, self.group = label.astype(np.float32), group
         self.candidates = candidates  # [S, C] for ranking evaluation, col 0 = target
@@ -141,13 +88,22 @@ class SampleSet(Dataset):
             item = self.candidates[s, c]
             label = (c == 0).astype(np.float32)
         elif self.n_train_neg:
-            neg = (_mix(self.seed, epoch, rows) % np.uint64(self.n_items)).astype(np.int64) + 1
+            h = _mix(self.seed, epoch, rows)
+            neg = (h % np.uint64(self.n_items)).astype(np.int64) + 1
+            if self.interacted is not None:  # uniform over the user's unseen items, no rejection loop
+                n_u = self.interacted.n_unseen[self.user[s]]
+                rank = (h % np.maximum(n_u, 1).astype(np.uint64)).astype(np.int64)
+                neg = np.where(n_u > 0, self.interacted.unseen(self.user[s], rank), neg)
             item = np.where(c == 0, self.item[s], neg)
             label = (c == 0).astype(np.float32)
         else:
             item, label = self.item[s], self.label[s]
         h_item, h_query, mask = self.store.gather(self.user[s], self.end[s], self.max_len)
-        return {
+        out = {}
+        if self.full:
+            ptr, seen = self.interacted.of(self.user[s])
+            out = {"seen_ptr": torch.from_numpy(ptr), "seen_item": torch.from_numpy(seen)}
+        return {**out,
             "item_id": torch.from_numpy(item),
             "query_id": torch.from_numpy(self.query[s]),
             "label": torch.from_numpy(label),
@@ -162,66 +118,31 @@ class SampleSet(Dataset):
         return np.minimum(self.end - self.store.offsets[self.user], self.max_len)
 
 
-def _collate(batch):
-    return batch  # __getitems__ already returns a collated dict
-
-
-class EpochShardSampler(DistributedSampler):
-    """Shuffled (train) or contiguous, unpadded (eval) shards of the index space.
-
-    Subclasses DistributedSampler so Lightning leaves it in place under DDP. Eval
-    shards are not padded, so a 2-process test sees every sample exactly once and
-    gives the same metrics as 1 process (torchmetrics gathers uneven states).
-    """
-
-    def __init__(self, dataset, num_replicas: int, rank: int, shuffle: bool, seed: int, encode_epoch: bool):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
-        self.encode_epoch = encode_epoch
-        n = len(dataset)
-        if shuffle:
-            self.num_samples = -(-n // num_replicas)
-        else:
-            lo, hi = n * rank // num_replicas, n * (rank + 1) // num_replicas
-            self.num_samples = hi - lo
-        self.total_size = self.num_samples * num_replicas
-
-    def __iter__(self) -> Iterator[int]:
-        n = len(self.dataset)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            idx = torch.randperm(n, generator=g)
-            pad = self.total_size - n
-            if pad:
-                idx = torch.cat([idx, idx[:pad]])
-            idx = idx[self.rank::self.num_replicas]
-        else:
-            lo = n * self.rank // self.num_replicas
-            idx = torch.arange(lo, lo + self.num_samples)
-        if self.encode_epoch:
-            idx = idx + self.epoch * n
-        return iter(idx.tolist())
-
-
 class LifelongSequenceDataModule(pl.LightningDataModule):
     """Shared DataModule. See the module docstring for protocols and the batch format.
 
     Args:
         path: a prepared dataset folder (``seminar-zoo prepare ...``).
-        protocol: ``ranking`` (leave-one-out vs sampled negatives) or ``ctr``.
+        protocol: ``ranking`` (leave-one-out vs sampled negatives), ``full`` (leave-one-out vs
+            every unseen item) or ``ctr``.
         max_len: number of most recent behaviours in each history.
         train_window: training targets per user (the most recent before val); None = all.
         n_eval_negatives: sampled negatives per ranking evaluation target.
         train_negatives: sampled negatives per ranking training target.
         seed: seeds the sampled negatives and the shuffle.
+        repeat_targets: ``keep`` or ``drop`` (ranking/full) val/test targets that already occur
+            in the user's earlier history (repeat consumption; see README "Evaluation protocol").
     """
 
-    def __init__(self, path: str = "runs/data/synthetic", protocol: Literal["ranking", "ctr"] = "ranking",
+    def __init__(self, path: str = "runs/data/synthetic", protocol: Literal["ranking", "full", "ctr"] = "ranking",
                  max_len: int = 200, train_window: Optional[int] = 20, batch_size: int = 256,
                  eval_batch_size: int = 1000, num_workers: int = 0, n_eval_negatives: int = 99,
-                 train_negatives: int = 1, seed: int = 0):
+                 train_negatives: int = 1, seed: int = 0, repeat_targets: Literal["keep", "drop"] = "keep"):
         super().__init__()
-        if protocol not in ("ranking", "ctr"):
-            raise DatasetError(f"--data.protocol must be 'ranking' or 'ctr', got {protocol!r}")
+        if protocol not in ("ranking", "full", "ctr"):
+            raise DatasetError(f"--data.protocol must be 'ranking', 'full' or 'ctr', got {protocol!r}")
+        if repeat_targets not in ("keep", "drop"):
+            raise DatasetError(f"--data.repeat_targets must be 'keep' or 'drop', got {repeat_targets!r}")
         if max_len < 1:
             raise DatasetError(f"--data.max_len must be >= 1, got {max_len}")
         # logger=False: the model's own ``max_len`` would clash when Lightning merges hparams;
@@ -229,12 +150,15 @@ class LifelongSequenceDataModule(pl.LightningDataModule):
         self.save_hyperparameters(logger=False)
         self.path = Path(path)
         self.meta = read_meta(self.path)
-        if protocol not in self.meta.get("protocols", ["ranking", "ctr"]):
+        if {"full": "ranking"}.get(protocol, protocol) not in self.meta.get("protocols", ["ranking", "ctr"]):
             raise DatasetError(f"{self.path / 'meta.json'}: dataset does not support protocol {protocol!r} "
                                f"(protocols: {self.meta.get('protocols')})")
         self.tables: Optional[Tables] = None
         self.store: Optional[SequenceStore] = None
         self.splits: Dict[str, SampleSet] = {}
+        self.interacted: Optional[Interacted] = None
+        self._train_counts: Optional[np.ndarray] = None
+        self.summary: Dict[str, dict] = {}
 
     # ---- what the model needs to build its embedding tables
     @property
@@ -260,8 +184,31 @@ class LifelongSequenceDataModule(pl.LightningDataModule):
     def _load(self) -> Tables:
         if self.tables is None:
             self.tables = validate_dataset(self.path)
-            self.store = SequenceStore(self.tables.events, int(self.meta["n_users"]))
+            ev = self.tables.events
+            self.store = SequenceStore(ev, int(self.meta["n_users"]))
+            self.interacted = Interacted(ev["user_id"], ev["item_id"], int(self.meta["n_users"]), self.tables.n_items)
         return self.tables
+
+    # ---- public API for models (Popularity) and reports
+    @property
+    def protocol(self) -> str:
+        return self.hparams.protocol
+
+    def train_item_counts(self) -> np.ndarray:
+        """[n_items + 1] positive behaviours per item in the training part of the log
+        (ranking/full: before each user's validation target; ctr: requests before val)."""
+        self.setup()
+        return self._train_counts
+
+    def split_sizes(self) -> Dict[str, int]:
+        """Evaluation lists (samples) per split."""
+        self.setup()
+        return {k: int(v.n_samples) for k, v in self.splits.items()}
+
+    def interacted_items(self, user_ids) -> tuple:
+        """(ptr, items): CSR of the distinct items each of ``user_ids`` interacted with (any label)."""
+        self._load()
+        return self.interacted.of(np.asarray(user_ids, np.int64))
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.splits:
@@ -269,14 +216,16 @@ class LifelongSequenceDataModule(pl.LightningDataModule):
         t = self._load()
         ev, st, hp = t.events, self.store, self.hparams
         n_items = t.n_items
-        if hp.protocol == "ranking":
+        if hp.protocol in ("ranking", "full"):
             self.splits = self._ranking_splits(st, n_items)
         else:
             self.splits = self._ctr_splits(ev, st)
         for name, ds in self.splits.items():
             hl = ds.history_lengths()
+            extra = "".join(f", {v}" for v in self.summary.get(name, {}).get("notes", []))
             rank_zero_info(f"[data] {name}: {ds.n_samples} samples ({len(ds)} rows), history length "
-                           f"avg {hl.mean():.1f} max {hl.max() if len(hl) else 0} (max_len {hp.max_len})")
+                           f"avg {hl.mean() if len(hl) else 0:.1f} max {hl.max() if len(hl) else 0} "
+                           f"(max_len {hp.max_len}){extra}")
 
     def _ranking_splits(self, st: SequenceStore, n_items: int) -> Dict[str, SampleSet]:
         hp = self.hparams
@@ -284,10 +233,19 @@ class LifelongSequenceDataModule(pl.LightningDataModule):
         users = np.arange(1, n_users + 1)
         cnt = st.offsets[users + 1] - st.offsets[users]
         out = {}
+        first = _first_occurrence(st.user * np.int64(n_items + 1) + st.item)
         for name, back in (("test", 1), ("val", 2)):
             ok = cnt >= back + 1  # needs at least one earlier behaviour
             u = users[ok]
             g = st.offsets[u] + cnt[ok] - back
+            rep = first[g] < g  # the target item already occurs earlier in the user's log
+            notes = [f"{int((~ok).sum())} users dropped (fewer than {back + 1} behaviours)",
+                     f"{rep.mean() if len(rep) else 0:.1%} of targets already in the user's history "
+                     f"({'dropped' if hp.repeat_targets == 'drop' else 'kept'}, --data.repeat_targets)"]
+            self.summary[name] = {"dropped_users": int((~ok).sum()), "repeat_share": float(rep.mean()) if len(rep) else 0.0,
+                                  "notes": notes}
+            if hp.repeat_targets == "drop":
+                u, g = u[~rep], g[~rep]
             out[name] = (u, g)
         # training targets: the train_window behaviours before the validation target, never position 0
         last = cnt - 2
@@ -296,50 +254,33 @@ class LifelongSequenceDataModule(pl.LightningDataModule):
         u_tr = np.repeat(users, n_tr)
         g_tr = np.repeat(st.offsets[users] + first, n_tr) + (np.arange(n_tr.sum()) - np.repeat(np.cumsum(n_tr) - n_tr, n_tr))
         out["train"] = (u_tr, g_tr)
+        before_val = np.arange(len(st.item)) - st.offsets[st.user] < np.repeat(cnt - 2, cnt)
+        self._train_counts = np.bincount(st.item[before_val], minlength=n_items + 1)
         sets = {}
+        full = hp.protocol == "full"
         for k, (name, (u, g)) in enumerate(sorted(out.items())):
             end = st.history_end(u, st.ts[g])
             cands = None
-            if name != "train":
-                cands = self._eval_candidates(st, u, st.item[g], n_items, salt=k + 1)
+            if name != "train" and not full:
+                cands = self._eval_candidates(u, st.item[g], salt=k + 1)
             sets[name] = SampleSet(st, hp.max_len, u, end, st.item[g], st.query[g], np.ones(len(u)),
                                    np.arange(len(u), dtype=np.int64), cands,
                                    n_train_neg=hp.train_negatives if name == "train" else 0,
-                                   n_items=n_items, seed=hp.seed)
+                                   n_items=n_items, seed=hp.seed, interacted=self.interacted,
+                                   full=full and name != "train")
         return sets
 
-    def _eval_candidates(self, st: SequenceStore, user, target, n_items: int, salt: int) -> np.ndarray:
-        """[S, 1 + n_eval_negatives]: the target, then distinct items the user never interacted with."""
-        n_neg = self.hparams.n_eval_negatives
-        rng = np.random.default_rng([self.hparams.seed, salt])
-        seen = np.sort(st.user * (n_items + 1) + st.item)  # membership by binary search
-        out = np.zeros((len(user), n_neg), np.int64)
-        todo = np.arange(len(user))
-        big = np.int64(n_items + 1)  # sentinel for rejected draws, sorts last
-        for _ in range(20):
-            if not len(todo):
-                break
-            m = min(4 * n_items, 3 * n_neg + 10)
-            draw = rng.integers(1, n_items + 1, (len(todo), m))
-            key = user[todo, None] * (n_items + 1) + draw
-            pos = np.minimum(np.searchsorted(seen, key), len(seen) - 1)
-            draw = np.where(seen[pos] == key, big, draw)
-            draw.sort(axis=1)
-            dup = np.zeros_like(draw, dtype=bool)
-            dup[:, 1:] = draw[:, 1:] == draw[:, :-1]
-            draw = np.where(dup, big, draw)
-            draw.sort(axis=1)
-            enough = draw[:, n_neg - 1] < big
-            # sorted by id after de-duplication: shuffle so list order carries no signal
-            sel = draw[enough, :n_neg]
-            sel = np.take_along_axis(sel, np.argsort(rng.random(sel.shape), axis=1), 1)
-            out[todo[enough]] = sel
-            todo = todo[~enough]
-        if len(todo):
-            u = int(user[todo[0]])
+    def _eval_candidates(self, user, target, salt: int) -> np.ndarray:
+        """[S, 1 + n_eval_negatives]: the target, then distinct items drawn uniformly without
+        replacement among those the user never interacted with (seeded by ``seed`` and split)."""
+        n_neg, it = self.hparams.n_eval_negatives, self.interacted
+        short = np.flatnonzero(it.n_unseen[user] < n_neg)
+        if len(short):
+            u = int(user[short[0]])
             raise DatasetError(f"{self.path}: user {u} has interacted with too many items to sample "
-                               f"{n_neg} unseen negatives out of {n_items}; lower --data.n_eval_negatives")
-        return np.concatenate([target[:, None], out], 1)
+                               f"{n_neg} unseen negatives out of {it.n_items}; lower --data.n_eval_negatives")
+        neg = it.sample(user, n_neg, np.random.default_rng([self.hparams.seed, salt]))
+        return np.concatenate([target[:, None], neg], 1)
 
     def _ctr_splits(self, ev: Dict[str, np.ndarray], st: SequenceStore) -> Dict[str, SampleSet]:
         hp = self.hparams
@@ -362,8 +303,14 @@ class LifelongSequenceDataModule(pl.LightningDataModule):
             "val": (from_end == 1) & (n_req >= 3),
             "train": (from_end >= 2) & ((from_end < 2 + hp.train_window) if hp.train_window is not None else True),
         }
+        pos = ev["label"] == 1
+        self._train_counts = np.bincount(ev["item_id"][pos & (from_end >= 2)], minlength=int(self.meta["n_items"]) + 1)
         sets = {}
         for name, m in sel.items():
+            if name != "train":
+                dropped = np.unique(u[sel[name] & ~has_hist])
+                self.summary[name] = {"dropped_users": len(dropped),
+                                      "notes": [f"{len(dropped)} users dropped (no earlier positive behaviour)"]}
             m = m & has_hist
             i = np.flatnonzero(m)
             sets[name] = SampleSet(st, hp.max_len, u[i], end[i], ev["item_id"][i], ev["query_id"][i],

@@ -102,6 +102,10 @@ class RecModel(pl.LightningModule):
         self.query_encoder.load_tables(tables)
 
     def _shared_step(self, batch: Dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        full = stage != "train" and "seen_ptr" in batch
+        if full:  # full ranking: before the plain forward, so a model's per-forward state ends on [B] rows
+            self._full_rank_update(batch, metrics)
         logits = self(batch)
         loss = F.binary_cross_entropy_with_logits(logits, batch["label"])
         bs = batch["label"].shape[0]
@@ -112,10 +116,55 @@ class RecModel(pl.LightningModule):
                 self.log(f"train/{k}", v, batch_size=bs)
             self.log("train/loss", total, prog_bar=True, batch_size=bs)
             return total
-        metrics = self.val_metrics if stage == "val" else self.test_metrics
-        metrics.update(torch.sigmoid(logits), batch["label"], batch["request_id"], batch["user_id"])
+        if not full:  # raw logits: sigmoid saturates to 1.0 in float32 and would create false ties
+            metrics.update(logits, batch["label"], batch["request_id"], batch["user_id"])
         self.log(f"{stage}/loss", loss, batch_size=bs, sync_dist=True)
         return loss
+
+    # history cells (users x candidates x history length) per forward call of full ranking
+    full_rank_cells: int = 1 << 21
+
+    def score_candidates(self, batch: Dict[str, torch.Tensor], item_ids: torch.Tensor) -> torch.Tensor:
+        """Logits [B, C] of each request (its history and query) for candidate items [B, C].
+
+        Default: repeat each row C times with ``item_id`` replaced and call :meth:`forward`;
+        candidate rows carry label 0 (they are unlabelled). Models may override it with
+        something faster (Popularity does)."""
+        b, c = item_ids.shape
+        rows = {k: v.repeat_interleave(c, 0) for k, v in batch.items()
+                if torch.is_tensor(v) and not k.startswith("seen_") and v.shape[:1] == (b,)}
+        rows["item_id"] = item_ids.reshape(-1)
+        rows["label"] = torch.zeros(b * c, dtype=batch["label"].dtype, device=item_ids.device)
+        return self(rows).view(b, c)
+
+    @torch.no_grad()
+    def _full_rank_update(self, batch: Dict[str, torch.Tensor], metrics: RecMetrics) -> None:
+        """Full ranking (README "Evaluation protocol"): per user, count the items it never
+        interacted with that score above / equal to its target, chunk by chunk, so neither
+        [users x items x L] nor [users x items] scores are kept."""
+        ptr, seen = batch["seen_ptr"], batch["seen_item"]
+        b, n = ptr.numel() - 1, int(self.hparams.data_meta["n_items"])
+        interacted = torch.zeros(b, n + 1, dtype=torch.bool, device=seen.device)
+        interacted[:, 0] = True  # padding id
+        interacted[torch.repeat_interleave(torch.arange(b, device=seen.device), ptr.diff()), seen] = True
+        pos = self.score_candidates(batch, batch["item_id"][:, None])[:, 0]
+        above = torch.zeros(b, dtype=torch.long, device=pos.device)
+        equal = torch.zeros_like(above)
+        step = max(1, min(n, self.full_rank_cells // max(1, b * batch["hist_item_id"].shape[1])))
+        chunks = range(1, n + 1, step)
+        bar = self._trainer is not None and self.trainer.is_global_zero and \
+            self.trainer.progress_bar_callback is not None and len(chunks) > 1
+        if bar:
+            from tqdm.auto import tqdm
+
+            chunks = tqdm(chunks, desc="full ranking", leave=False, unit="chunk")
+        for lo in chunks:
+            ids = torch.arange(lo, min(lo + step, n + 1), device=pos.device)
+            s = self.score_candidates(batch, ids.expand(b, -1))
+            free = ~interacted[:, lo:lo + ids.numel()]
+            above += ((s > pos[:, None]) & free).sum(1)
+            equal += ((s == pos[:, None]) & free).sum(1)
+        metrics.update_counts(above, equal, (~interacted).sum(1))
 
     def training_step(self, batch, batch_idx):
         return self._shared_step(batch, "train")
@@ -127,13 +176,21 @@ class RecModel(pl.LightningModule):
         return self._shared_step(batch, "test")
 
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        return {"score": torch.sigmoid(self(batch)), "user_id": batch["user_id"],
+        logit = self(batch)
+        return {"logit": logit, "score": torch.sigmoid(logit.double()), "user_id": batch["user_id"],
                 "request_id": batch["request_id"], "item_id": batch["item_id"], "label": batch["label"]}
 
     def _log_epoch(self, stage: str, metrics: RecMetrics) -> None:
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        metrics.protocol = getattr(dm, "protocol", "ranking")
         vals = metrics.compute()
-        self.log_dict({f"{stage}/{k}": v for k, v in vals.items()}, prog_bar=False)
-        self.log(f"{stage}/auc_pb", vals["auc"], prog_bar=True, logger=False)
+        n_lists = int(vals.pop("n_lists"))
+        if stage == "test":
+            self.n_test_scored = n_lists  # lists actually scored (all processes), for metrics.json
+        head = "auc" if metrics.protocol == "ctr" else "ndcg@10"  # the one metric on the progress bar
+        self.log_dict({f"{stage}/{k}": v for k, v in vals.items() if k != head}, prog_bar=False)
+        if head in vals:
+            self.log(f"{stage}/{head}", vals[head], prog_bar=True)
         metrics.reset()
 
     def on_validation_epoch_end(self) -> None:

@@ -161,11 +161,11 @@ def test_eta_topk_by_hamming_and_gradients_through_the_gather(tiny_dm, batch):
     model = make(tiny_dm, "ETA", topk=4).eval()
     b = {k: v[:2] for k, v in batch.items()}
     t = model.target_vector(b)
-    h, _, m = model.history(b)
-    idx, sel, dist = model.retrieve(t, h, m)
-    # reference distances from unpacked sign bits of every behaviour
+    h, q, m = model.history(b)
+    idx, sel, dist = model.retrieve(t, h, q, m)
+    # reference distances from unpacked sign bits of every behaviour (pair vectors: the data has queries)
     bits_t = model.hasher.bits(t)[:, 0]
-    bits_h = model.hasher.bits(model.item_encoder.fused(h))[..., 0, :]
+    bits_h = model.hasher.bits(model.history_vectors(h, q))[..., 0, :]
     assert torch.equal(dist, (bits_h != bits_t[:, None]).sum(-1))
     for i in range(2):
         chosen = dist[i, idx[i]]
@@ -185,8 +185,8 @@ def test_eta_topk_by_hamming_and_gradients_through_the_gather(tiny_dm, batch):
 def test_eta_with_fewer_valid_than_topk_masks_the_rest(tiny_dm, batch):
     model = make(tiny_dm, "ETA", topk=8)
     b = padded(batch, 3)
-    h, _, m = model.history(b)
-    idx, sel, _ = model.retrieve(model.target_vector(b), h, m)
+    h, q, m = model.history(b)
+    idx, sel, _ = model.retrieve(model.target_vector(b), h, q, m)
     assert sel.sum(1).eq(3).all()
     assert m.gather(1, idx)[sel].all() and set(idx[sel].tolist()) <= {h.shape[1] - 1, h.shape[1] - 2, h.shape[1] - 3}
 
@@ -237,12 +237,12 @@ def test_qin_query_first_then_item(tiny_dm, batch):
     assert torch.allclose(qv[has_q], model.query_encoder(batch["query_id"][has_q]))
     keys, bias, mask, pos = model.select(batch, t)
     h, hq, m = model.history(batch)
-    s1_all = model.query_relevance(qv, model.item_encoder.fused(h), hq)
+    s1_all = model.query_relevance(qv, model.history_vectors(h, hq), hq)
     top1 = s1_all.topk(10, dim=1).indices
     for i in range(h.shape[0]):
         assert set(pos[i].tolist()) <= set(top1[i].tolist())  # stage 2 picks within stage 1
     assert torch.allclose(bias, s1_all.gather(1, pos), atol=1e-5)
-    assert torch.allclose(keys, model.item_encoder.fused(h.gather(1, pos)), atol=1e-6)
+    assert torch.allclose(keys, model.history_vectors(h.gather(1, pos), hq.gather(1, pos)), atol=1e-6)
     with pytest.raises(ValueError, match="topk_stage1"):
         make(tiny_dm, "QIN", topk_stage1=4, topk=8)
 
@@ -269,13 +269,14 @@ def test_twin_uses_one_attention_module_in_both_stages(tiny_dm, batch):
     h, hq, m = model.history(batch)
     cross = model.cross_features(batch, hq)
     t = model.target_vector(batch)
-    alpha = model.attention.logits(t, model.item_encoder.fused(h), cross)
-    idx, sel = model.gsu(t, model.item_encoder.fused(h), cross, m)
+    e = model.history_vectors(h, hq)
+    alpha = model.attention.logits(t, e, cross)
+    idx, sel = model.gsu(t, e, cross, m)
     assert torch.equal(idx.sort(-1).values, alpha.topk(5, dim=-1).indices.sort(-1).values)
     # and the ESU recomputes those same logits on the picks
-    picked = h.gather(1, idx.reshape(B, -1)).view(B, H, 5)
+    picked, picked_q = (x.gather(1, idx.reshape(B, -1)).view(B, H, 5) for x in (h, hq))
     cross_k = cross.gather(1, idx.reshape(B, -1, 1).expand(-1, -1, 3)).view(B, H, 5, 3)
-    esu = model.attention.logits(t, model.item_encoder.fused(picked), cross_k)
+    esu = model.attention.logits(t, model.history_vectors(picked, picked_q), cross_k)
     assert torch.allclose(esu, alpha.gather(-1, idx), atol=1e-5)
 
 

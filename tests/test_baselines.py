@@ -330,3 +330,64 @@ def test_long_range_sim_beats_din_on_the_last_50(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert auc["sim_hard"] > auc["din_last50"] + 0.15, auc
+
+
+# ----------------------------------------------------------------------------- the planted query signal
+def _query_planted_data(tmp, users=150, n_ev=32, seed=0):
+    """Every event's topic is drawn afresh (the history says nothing about the next one) and its query
+    names that topic: only a model that reads the target's query can rank the target first."""
+    import json
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from seminar_zoo.data.schema import write_dataset
+    from seminar_zoo.data.synthetic import QUERY_VARIANTS, generate
+
+    base = generate(tmp / "base", users=8, items=256, seq_len=10, seed=seed)  # items and queries only
+    meta = json.loads((base / "meta.json").read_text())
+    topic = np.asarray(meta["item_topic"])
+    T = meta["generator"]["n_topics"]
+    by_topic = [np.flatnonzero(topic == t) + 1 for t in range(T)]
+    rng = np.random.default_rng(seed)
+    t = rng.integers(0, T, (users, n_ev))
+    item = np.array([[rng.choice(by_topic[k]) for k in row] for row in t])
+    query = t * QUERY_VARIANTS + rng.integers(0, QUERY_VARIANTS, t.shape) + 1
+    ts = 1_600_000_000 + np.cumsum(rng.integers(60, 600, t.shape), 1)
+    uid = np.repeat(np.arange(1, users + 1)[:, None], n_ev, 1)
+    ev = {"user_id": uid, "ts": ts, "query_id": query, "item_id": item, "label": np.ones_like(t),
+          "request_id": np.arange(1, t.size + 1)}
+    meta.update(n_users=users, n_events=int(t.size), protocols=["ranking"])
+
+    def table(f):
+        tab = pq.read_table(base / f)
+        return dict(zip(tab.column_names, tab.columns))
+
+    return write_dataset(tmp / "planted", table("items.parquet"),
+                         {k: np.asarray(v, np.int64).ravel() for k, v in ev.items()}, meta, table("queries.parquet"))
+
+
+def test_din_uses_the_query_when_the_target_depends_on_it(tmp_path):
+    """With pair vectors DIN ranks the target by its query's topic; without queries it is near chance.
+    (~6 s on one thread.)"""
+    from seminar_zoo.data.datamodule import LifelongSequenceDataModule
+    from seminar_zoo.models.din import DIN
+
+    path = _query_planted_data(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    auc = {}
+    try:
+        for use in (True, False):
+            dm = LifelongSequenceDataModule(str(path), max_len=30, batch_size=128, eval_batch_size=2000,
+                                            n_eval_negatives=19)
+            pl.seed_everything(0)
+            model = DIN(data_meta=dm.data_meta, embed_dim=16, lr=1e-2, use_queries=use)
+            trainer = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                 enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+            trainer.fit(model, dm)
+            auc[use] = trainer.test(model, dm, verbose=False)[0]["test/auc"]
+    finally:
+        torch.set_num_threads(threads)
+    # measured: 0.94 with queries, 0.54 without (20 candidates per list)
+    assert auc[True] > 0.8 and auc[False] < 0.65 and auc[True] > auc[False] + 0.2, auc

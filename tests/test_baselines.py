@@ -1,4 +1,5 @@
 """Long-sequence baselines SIM (hard/soft), ETA, SDIM, QIN, TWIN and their retrieval helpers."""
+import contextlib
 import math
 
 import pytest
@@ -303,6 +304,28 @@ def test_twin_without_cross_features_and_bad_names(tiny_dm, batch):
         make(tiny_dm, "TWIN", cross_features=["watch_time"])
 
 
+
+# ----------------------------------------------------------------------------- planted signals
+@contextlib.contextmanager
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_test_auc(cls, dm, epochs, **kw):
+    """Seeded fit (no validation) then test AUC of a small model."""
+    pl.seed_everything(0)
+    model = cls(data_meta=dm.data_meta, embed_dim=16, **kw)
+    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(model, dm)
+    return trainer.test(model, dm, verbose=False)[0]["test/auc"]
+
+
 # ----------------------------------------------------------------------------- the planted long-range signal
 @pytest.mark.slow
 def test_long_range_sim_beats_din_on_the_last_50(tmp_path):
@@ -313,22 +336,14 @@ def test_long_range_sim_beats_din_on_the_last_50(tmp_path):
     from seminar_zoo.data.synthetic import generate
     from seminar_zoo.models.din import DIN
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        path = generate(tmp_path / "syn", users=300, items=640, seq_len=100, seed=0)
-        auc = {}
+    path = generate(tmp_path / "syn", users=300, items=640, seq_len=100, seed=0)
+    auc = {}
+    with _one_thread():
         for name, cls, kw in [("din_last50", DIN, {"max_len": 50}), ("sim_hard", SIM, {"gsu": "hard", "topk": 20})]:
+            kw["use_queries"] = False  # the query names the target's topic: this test is about the history
             dm = LifelongSequenceDataModule(str(path), max_len=100, batch_size=256, eval_batch_size=2000,
                                             n_eval_negatives=49)
-            pl.seed_everything(0)
-            model = cls(data_meta=dm.data_meta, embed_dim=16, **kw)
-            trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                                 enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
-            trainer.fit(model, dm)
-            auc[name] = trainer.test(model, dm, verbose=False)[0]["test/auc"]
-    finally:
-        torch.set_num_threads(threads)
+            auc[name] = _fit_test_auc(cls, dm, epochs=2, **kw)
     assert auc["sim_hard"] > auc["din_last50"] + 0.15, auc
 
 
@@ -374,20 +389,11 @@ def test_din_uses_the_query_when_the_target_depends_on_it(tmp_path):
     from seminar_zoo.models.din import DIN
 
     path = _query_planted_data(tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     auc = {}
-    try:
+    with _one_thread():
         for use in (True, False):
             dm = LifelongSequenceDataModule(str(path), max_len=30, batch_size=128, eval_batch_size=2000,
                                             n_eval_negatives=19)
-            pl.seed_everything(0)
-            model = DIN(data_meta=dm.data_meta, embed_dim=16, lr=1e-2, use_queries=use)
-            trainer = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                                 enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
-            trainer.fit(model, dm)
-            auc[use] = trainer.test(model, dm, verbose=False)[0]["test/auc"]
-    finally:
-        torch.set_num_threads(threads)
+            auc[use] = _fit_test_auc(DIN, dm, epochs=3, lr=1e-2, use_queries=use)
     # measured: 0.94 with queries, 0.54 without (20 candidates per list)
     assert auc[True] > 0.8 and auc[False] < 0.65 and auc[True] > auc[False] + 0.2, auc

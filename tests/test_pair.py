@@ -11,8 +11,8 @@ from seminar_zoo.modules.encoders import ItemEncoder, QueryEncoder
 from seminar_zoo.modules.pair import PairEncoder
 
 
-class TableItems(nn.Module):
-    """Item encoder stub: fixed per-modality vectors [n_items + 1, M, d] looked up by id."""
+class Table(nn.Module):
+    """Encoder stub: fixed vectors looked up by id ([n + 1, M, d] per-modality items, [n + 1, d] queries)."""
 
     def __init__(self, table):
         super().__init__()
@@ -22,13 +22,7 @@ class TableItems(nn.Module):
         return self.table[ids]
 
 
-class TableQueries(nn.Module):
-    def __init__(self, table):
-        super().__init__()
-        self.table = table
-
-    def forward(self, ids):
-        return self.table[ids]
+TableItems = TableQueries = Table
 
 
 def _stubs():

@@ -145,10 +145,10 @@ def test_target_and_history_vectors(tiny_dm):
     assert inv.shape == h.shape
 
 
-@pytest.mark.parametrize("name,kw", [("DIN", {}), ("SIM", {"gsu": "hard", "topk": 8}), ("SIM", {"gsu": "soft", "topk": 8}),
-                                     ("ETA", {"topk": 8}), ("SDIM", {"n_hashes": 8}),
-                                     ("TWIN", {"topk": 8, "cross_features": ["recency"]}),
-                                     ("QIN", {"topk_stage1": 16, "topk": 8})])
+@pytest.mark.parametrize("name,kw", [
+    ("DIN", {}), ("SIM", {"gsu": "hard", "topk": 8}), ("SIM", {"gsu": "soft", "topk": 8}), ("ETA", {"topk": 8}),
+    ("SDIM", {"n_hashes": 8}), ("TWIN", {"topk": 8, "cross_features": ["recency"]}),
+    ("QIN", {"topk_stage1": 16, "topk": 8})])
 def test_every_baseline_reads_queries_only_when_on(tiny_dm, name, kw):
     b = tiny_dm.splits["train"].__getitems__(list(range(32)))
     g = torch.Generator().manual_seed(1)

@@ -39,8 +39,7 @@ Test extras (``metrics.json`` via ``extra_test_metrics``): ``test/auc_cold_targe
 ``test/auc_warm_targets`` (AUC over test lists whose positive item never / sometimes was a
 training target, computed from the DataModule's train split), ``test/n_cold_targets``,
 ``test/modality_weight/<m>`` (mean share of modality m in the GSU score of the true targets,
-weighted by the GSU attention, see :meth:`GSU.modality_shares`), ``test/gamma/<m>`` (the item
-modalities' normalised weights softmax(gamma)) and, with
+weighted by the GSU attention, see :meth:`GSU.modality_shares`), ``test/gamma/<m>`` (softmax(gamma)) and, with
 ``retrieval: pq``, ``test/gsu/recall@K`` (share of the exact GSU's top-K that the PQ top-K finds).
 
 Simplified: one attention layer per unit; the GSU score is the head-averaged logit (the

@@ -251,8 +251,9 @@ def build_ours(name, meta, args):
 
 
 def _build_ours(name, meta, args):
+    # use_queries=False: FuxiCTR's models see item features only, so ours must too
     common = dict(data_meta=meta, embed_dim=args.embed_dim, num_heads=args.num_heads,
-                  tower_dims=list(args.tower_dims), dropout=args.dropout, lr=args.lr)
+                  tower_dims=list(args.tower_dims), dropout=args.dropout, lr=args.lr, use_queries=False)
     st = dict(short_term_len=args.short_term_len)
     if name == "DIN":
         return get_model_class("DIN")(attention_hidden=list(args.din_attention_hidden), **common)

@@ -1,7 +1,8 @@
 """RecModel: the LightningModule every model subclasses.
 
 It owns what must be identical across models for a fair comparison: the
-multi-modal item / query encoders, the short-term branch (off by default), the
+multi-modal item / query encoders, the (query, item) pair fusion that feeds queries to
+every model (``use_queries``, ``lambda_q``), the short-term branch (off by default), the
 tower, the loss (binary cross-entropy, plus any auxiliary losses a model
 registers), the optimiser and the metrics, logged as ``{stage}/auc``,
 ``{stage}/ndcg@10``, ... A subclass implements only :meth:`interest`: how it
@@ -17,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from ..metrics import RecMetrics
-from ..modules.attention import TargetAttention
+from ..modules.attention import TargetAttention, encode_unique
 from ..modules.encoders import ItemEncoder, QueryEncoder
+from ..modules.pair import PairEncoder, data_has_queries
 from ..modules.tower import Tower
 
 
@@ -32,18 +34,34 @@ class RecModel(pl.LightningModule):
         max_len: use only the most recent ``max_len`` behaviours (None = all the data gives).
         short_term_len: if > 0, add target attention over the last n behaviours to the tower input.
         tower_dims, dropout, lr, weight_decay: the tower and optimiser.
+        use_queries: feed (query, item) pair vectors instead of item vectors, for the target and
+            every behaviour (:meth:`target_vector`, :meth:`history_vectors`), as SEMINAR's
+            reference code feeds its baselines. None = on when the dataset has queries.
+        lambda_q: the query's exact share of a pair vector (items: 1 - lambda_q; see
+            :class:`~seminar_zoo.modules.pair.PairEncoder`), SEMINAR's fusion weight.
     """
 
     def __init__(self, data_meta: Optional[dict] = None, embed_dim: int = 32, max_len: Optional[int] = None,
                  short_term_len: int = 0, num_heads: int = 4, tower_dims: List[int] = [128, 64],
-                 dropout: float = 0.1, lr: float = 1e-3, weight_decay: float = 0.0):
+                 dropout: float = 0.1, lr: float = 1e-3, weight_decay: float = 0.0,
+                 use_queries: Optional[bool] = None, lambda_q: float = 0.5):
         super().__init__()
         if data_meta is None:
             raise ValueError("data_meta is required: build models through the CLI, or pass "
                              "LifelongSequenceDataModule(...).data_meta")
+        if not 0.0 <= float(lambda_q) <= 1.0:
+            raise ValueError(f"lambda_q must be in [0, 1], got {lambda_q}")
+        has_q = data_has_queries(data_meta)
+        if use_queries and not has_q:
+            raise ValueError(f"use_queries=True but dataset {data_meta.get('name', '?')!r} has no queries "
+                             f"(n_queries={data_meta.get('n_queries', 0)}, modalities={data_meta.get('modalities')}); "
+                             "pass --model.init_args.use_queries false or leave it unset")
         self.save_hyperparameters()
         self.item_encoder = ItemEncoder(data_meta, embed_dim)
         self.query_encoder = QueryEncoder(data_meta, embed_dim)
+        self.use_queries = has_q if use_queries is None else bool(use_queries)
+        # no parameter is created without queries: state and initialisation stay as they were
+        self.pair = PairEncoder(self.item_encoder.modalities, True, lambda_q) if self.use_queries else None
         self.short_term = TargetAttention(embed_dim, num_heads) if short_term_len > 0 else None
         self.val_metrics = RecMetrics()
         self.test_metrics = RecMetrics()
@@ -74,7 +92,29 @@ class RecModel(pl.LightningModule):
         return h, q, m
 
     def target_vector(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.item_encoder.fused(batch["item_id"])
+        """[B, d]: the (target query, target item) pair vector, or the item vector without queries."""
+        if self.pair is None:
+            return self.item_encoder.fused(batch["item_id"])
+        return self.pair.fused(self.item_encoder, self.query_encoder, batch["item_id"], batch["query_id"])
+
+    def history_vectors(self, h_item: torch.Tensor, h_query: torch.Tensor, unique: bool = False,
+                        return_parts: bool = False):
+        """Behaviour vectors [..., d]: fused (query, item) pairs, or item vectors without queries.
+
+        ``unique``: encode each distinct behaviour (item, or (item, query) pair) once and index
+        back (same values; cheaper on long histories); ``return_parts`` (implies unique) also
+        returns (vectors per distinct behaviour [U, d], inverse index shaped like ``h_item``), as
+        :func:`~seminar_zoo.modules.attention.encode_unique`.
+        """
+        if self.pair is None:
+            if not (unique or return_parts):
+                return self.item_encoder.fused(h_item)
+            return encode_unique(self.item_encoder.fused, h_item, return_parts)
+        if not (unique or return_parts):  # PairEncoder.fused already encodes per distinct id
+            return self.pair.fused(self.item_encoder, self.query_encoder, h_item, h_query)
+        nq = self.query_encoder.id_emb.num_embeddings
+        return encode_unique(lambda k: self.pair.fused(self.item_encoder, self.query_encoder, k // nq, k % nq),
+                             h_item * nq + h_query, return_parts)
 
     def add_aux_loss(self, name: str, value: torch.Tensor) -> None:
         """Register an auxiliary loss (already weighted) for this step; logged as ``train/{name}``."""
@@ -87,9 +127,9 @@ class RecModel(pl.LightningModule):
         u = self.interest(batch, t)
         feats = [t, u] + ([t * u] if u.shape[-1] == t.shape[-1] else [])
         if self.short_term is not None:
-            h, _, m = self.history(batch)
+            h, q, m = self.history(batch)
             n = self.hparams.short_term_len
-            feats.append(self.short_term(t, self.item_encoder.fused(h[:, -n:]), m[:, -n:]))
+            feats.append(self.short_term(t, self.history_vectors(h[:, -n:], q[:, -n:]), m[:, -n:]))
         return self.tower(torch.cat(feats, -1))
 
     def setup(self, stage: str) -> None:

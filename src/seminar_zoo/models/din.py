@@ -8,6 +8,9 @@ given, so its cost grows linearly with ``max_len``; ``max_len: 50`` gives the
 
 Simplified: sigmoid instead of Dice activations in the unit; no mini-batch aware
 regularisation (the embedding tables here are small).
+
+Target and behaviours are (query, item) pair vectors when the data has queries
+(RecModel ``use_queries``), item vectors otherwise.
 """
 from __future__ import annotations
 
@@ -24,5 +27,5 @@ class DIN(RecModel):
         self.build_tower()
 
     def interest(self, batch, target):
-        h, _, m = self.history(batch)
-        return self.attention(target, self.item_encoder.fused(h), m)
+        h, q, m = self.history(batch)
+        return self.attention(target, self.history_vectors(h, q), m)

@@ -18,6 +18,10 @@ hashing every behaviour), and the K selected ids are re-encoded with autograd. T
 gives exactly the values and gradients of ``gather(encode(history), idx)`` while never
 keeping an O(L) autograd graph.
 
+With queries (RecModel ``use_queries``) target and behaviours are (query, item) pair vectors,
+hashed and attended as such (SEMINAR's reference ETA); a distinct behaviour is then a distinct
+(item, query) pair.
+
 Simplified: one signature per behaviour (no multi-round hashing), no side features
 (e.g. time interval) in the attention; the hashes are recomputed every step rather
 than cached per item (identical values, since they are a function of the embedding).
@@ -50,12 +54,12 @@ class ETA(RecModel):
         self.esu = TargetAttention(d, self.hparams.num_heads)
         self.build_tower()
 
-    def retrieve(self, target: torch.Tensor, h: torch.Tensor, m: torch.Tensor):
-        """(idx [B, K], selected mask [B, K], hamming distance [B, L])."""
+    def retrieve(self, target: torch.Tensor, h: torch.Tensor, q: torch.Tensor, m: torch.Tensor):
+        """(idx [B, K], selected mask [B, K], hamming distance [B, L]) for history items h, queries q."""
         with torch.no_grad():
-            # one signature per distinct item of the batch, indexed back to [B, L, words]
-            uniq, inv = torch.unique(h, return_inverse=True)
-            sig = self.hasher.signature(self.item_encoder.fused(uniq))[inv]
+            # one signature per distinct behaviour of the batch, indexed back to [B, L, words]
+            _, eu, inv = self.history_vectors(h, q, return_parts=True)
+            sig = self.hasher.signature(eu)[inv]
             dist = hamming(self.hasher.signature(target).unsqueeze(1), sig)
             L = h.shape[1]
             # smallest distance first, then most recent: one exact float key per position
@@ -64,7 +68,7 @@ class ETA(RecModel):
         return idx, sel, dist
 
     def interest(self, batch, target):
-        h, _, m = self.history(batch)
-        idx, sel, _ = self.retrieve(target, h, m)
-        keys = self.item_encoder.fused(gather_positions(h, idx))
+        h, q, m = self.history(batch)
+        idx, sel, _ = self.retrieve(target, h, q, m)
+        keys = self.history_vectors(gather_positions(h, idx), gather_positions(q, idx))
         return self.esu(target, keys, sel)

@@ -16,6 +16,12 @@ cascades a Relevance Search Unit (RSU) and a Fused Attention Unit (FAU):
   item and query relevance. ``s1`` is recomputed with autograd on the kept behaviours,
   which is how ``P_q, P_k`` learn (the top-k selections are not differentiable).
 
+Queries everywhere (RecModel ``use_queries``, on by default when the data has queries): the
+target and every behaviour are (query, item) pair vectors, as in SEMINAR's reference QIN, so
+``e_l`` already carries ``q_l`` (with share lambda) and stage 1 scores ``<P_q q_t, P_k e_l>``;
+the FAU attends with the target pair. With ``use_queries: false`` the model is the paper's:
+item vectors for target, keys and FAU, and queries only in stage 1 (``e_l + q_l`` above).
+
 Simplified: the paper's RSU scores relevance by cosine similarity of *pretrained*
 multi-modal query/item embeddings; ours uses learned projections of the shared encoders
 (trained through the FAU bias). The paper's FAU computes attention on the ID field and
@@ -61,8 +67,9 @@ class QIN(RecModel):
         return torch.where((qid > 0).unsqueeze(-1), self.query_encoder(qid), target)
 
     def query_relevance(self, qv: torch.Tensor, e: torch.Tensor, hq: torch.Tensor) -> torch.Tensor:
-        """[B, L]: <P_q qv, P_k (e_l + q_l)> / sqrt(d)."""
-        b = e + encode_unique(self.query_encoder, hq)
+        """[B, L]: <P_q qv, P_k b_l> / sqrt(d), b_l = e_l if it is a pair vector (it holds q_l), else e_l + q_l."""
+        pairs = self.pair is not None and self.pair.use_query
+        b = e if pairs else e + encode_unique(self.query_encoder, hq)
         return (self.rel_k(b) @ self.rel_q(qv).unsqueeze(-1)).squeeze(-1) / math.sqrt(e.shape[-1])
 
     def select(self, batch, target):
@@ -71,10 +78,10 @@ class QIN(RecModel):
         qv = self.query_vector(batch, target)
         # stage 1 over all L: selection only, no autograd graph over L
         with torch.no_grad():
-            s1_all = self.query_relevance(qv, encode_unique(self.item_encoder.fused, h), hq)
+            s1_all = self.query_relevance(qv, self.history_vectors(h, hq, unique=True), hq)
             idx1, sel1 = masked_topk(s1_all, m, self.topk_stage1)
         h1, hq1 = gather_positions(h, idx1), gather_positions(hq, idx1)
-        e1 = self.item_encoder.fused(h1)
+        e1 = self.history_vectors(h1, hq1)
         s1 = self.query_relevance(qv, e1, hq1)  # the same values as s1_all at idx1, with gradients
         # stage 2: item-driven, ranked by the FAU's own logits (head mean)
         with torch.no_grad():

@@ -16,6 +16,8 @@ with the angle. Gradients reach the embeddings through the sum.
 ``topk`` (optional, default None = the paper): cap each hash's collision set at its
 ``topk`` most recent colliding behaviours, bounding the work per request.
 
+With queries (RecModel ``use_queries``) ``e_t`` and ``e_l`` are (query, item) pair vectors.
+
 Simplified: the paper's serving split (hashes of behaviours computed in a separate
 server, the model receives bucket sums) is folded into the forward pass; no short-term
 module here (RecModel's ``short_term_len`` adds one, off by default).
@@ -27,7 +29,6 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 
-from ..modules.attention import encode_unique
 from ..modules.hashing import SimHash
 from .base import RecModel
 
@@ -76,7 +77,7 @@ class SDIM(RecModel):
         return s.mean(1)
 
     def interest(self, batch, target):
-        h, _, m = self.history(batch)
-        # encode and hash each distinct item of the batch once, index back to [B, L, ...]
-        e, eu, inv = encode_unique(self.item_encoder.fused, h, return_parts=True)
+        h, q, m = self.history(batch)
+        # encode and hash each distinct behaviour of the batch once, index back to [B, L, ...]
+        e, eu, inv = self.history_vectors(h, q, return_parts=True)
         return self.aggregate(target, e, m, buckets=self.hasher.buckets(eu)[inv])

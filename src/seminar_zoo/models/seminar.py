@@ -10,11 +10,11 @@ Two stages (Sec. 3), one command (``seminar-zoo experiment --config experiments/
 2. **Finetuning** (this RecModel): the PSU's item / query encoders, modality weights gamma and
    multi-head target attention are restored (``restore_psu``); then
 
-   * pair vectors: per-modality vectors of (query, item) pairs weighted by ``c_j * gamma_j``
-     (query part * lambda_q, item part * (1 - lambda_q); see
-     :class:`~seminar_zoo.modules.seminar_parts.PairEncoder`: **without queries in the data, or
-     with lambda_q = 0, the query part is dropped and lambda has no effect**), each projected by
-     its G(j) in R^{d x d} (identity-initialised) and summed;
+   * pair vectors: per-modality vectors of (query, item) pairs, the query weighted lambda_q and
+     item modality j (1 - lambda_q) softmax(gamma)_j (RecModel's ``lambda_q``; see
+     :class:`~seminar_zoo.modules.pair.PairEncoder`: **without queries in the data, with
+     ``use_queries: false`` or with lambda_q = 0, the query part is dropped and lambda has no
+     effect**), each projected by its G(j) in R^{d x d} (identity-initialised) and summed;
    * GSU (``use_gsu``): the restored target attention's head-averaged logit scores all L
      behaviours (:meth:`gsu_scores`; per-modality form :meth:`gsu_vectors`), :meth:`gsu_topk`
      keeps the top ``topk`` valid ones (exact, or ``retrieval: pq``, see below);
@@ -39,7 +39,7 @@ Test extras (``metrics.json`` via ``extra_test_metrics``): ``test/auc_cold_targe
 ``test/auc_warm_targets`` (AUC over test lists whose positive item never / sometimes was a
 training target, computed from the DataModule's train split), ``test/n_cold_targets``,
 ``test/modality_weight/<m>`` (mean share of modality m in the GSU score of the true targets,
-weighted by the GSU attention, see :meth:`GSU.modality_shares`), ``test/gamma/<m>`` and, with
+weighted by the GSU attention, see :meth:`GSU.modality_shares`), ``test/gamma/<m>`` (softmax(gamma)) and, with
 ``retrieval: pq``, ``test/gsu/recall@K`` (share of the exact GSU's top-K that the PQ top-K finds).
 
 Simplified: one attention layer per unit; the GSU score is the head-averaged logit (the
@@ -53,8 +53,8 @@ from typing import Any, Dict, Literal, Optional
 
 import torch
 
-from ..modules.seminar_parts import GSU, ColdTargetAUC, MultiHeadTargetAttention, PairEncoder, data_has_queries, \
-    gather_rows, masked_topk
+from ..modules.pair import PairEncoder
+from ..modules.seminar_parts import GSU, ColdTargetAUC, MultiHeadTargetAttention, gather_rows, masked_topk
 from .base import RecModel
 
 PRETRAIN_DEFAULTS: Dict[str, Any] = {"epochs": 2}
@@ -75,7 +75,7 @@ class SEMINAR(RecModel):
             it; ``SEMINAR.load_from_checkpoint(path, psu_ckpt=None)`` loads one without the PSU file.
         freeze_psu: freeze the restored encoders, gamma and GSU attention.
         retrieval: ``exact`` or ``pq`` GSU scoring.
-        lambda_q: query weight of the pair fusion (items get 1 - lambda_q).
+        lambda_q, use_queries: RecModel's (the query's share of the pair vector; queries on/off).
         use_gsu: GSU top-K over the whole history (False: the last ``topk`` behaviours).
         topk: behaviours the ESU attends to.
         gsu_bias: add the GSU scores of the selected behaviours to the ESU logits.
@@ -86,7 +86,7 @@ class SEMINAR(RecModel):
     """
 
     def __init__(self, psu_ckpt: Optional[str] = None, freeze_psu: bool = False,
-                 retrieval: Literal["exact", "pq"] = "exact", lambda_q: float = 0.5, use_gsu: bool = True,
+                 retrieval: Literal["exact", "pq"] = "exact", use_gsu: bool = True,
                  topk: int = 50, gsu_bias: bool = True, pretrain: Optional[Dict[str, Any]] = None,
                  pq: Optional[Dict[str, Any]] = None, **kwargs):
         super().__init__(**kwargs)
@@ -96,8 +96,9 @@ class SEMINAR(RecModel):
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
         self.pretrain_cfg = self._check_pretrain(pretrain)
-        d, meta = hp.embed_dim, hp.data_meta
-        self.pair = PairEncoder(self.item_encoder.modalities, data_has_queries(meta), lambda_q)
+        d = hp.embed_dim
+        if self.pair is None:  # no queries: SEMINAR still fuses the item modalities (weight 1)
+            self.pair = PairEncoder(self.item_encoder.modalities, False, hp.lambda_q)
         self.gsu = GSU(self.pair.names, d, hp.num_heads, hp.dropout)
         self.esu = MultiHeadTargetAttention(d, hp.num_heads, hp.dropout)
         self.pq_index = None
@@ -418,8 +419,8 @@ class SEMINAR(RecModel):
                 r = r.to(self.device)
                 torch.distributed.all_reduce(r)
             extra[f"test/gsu/recall@{self.hparams.topk}"] = float(r[0] / r[1].clamp_min(1))
-        for i, name in enumerate(self.pair.names):
-            extra[f"test/gamma/{name}"] = float(self.pair.gamma[i])
+        for name, w in zip(self.pair.item_modalities, self.pair.item_weights().tolist()):
+            extra[f"test/gamma/{name}"] = w
         self.extra_test_metrics.update(extra)
         self.cold_auc.reset()
         self._shares, self._recall, self._pq_on = [], [], False

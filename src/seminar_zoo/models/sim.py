@@ -19,6 +19,10 @@ Two cascaded units over the lifelong history (Sec. 3):
 * **ESU** (Exact Search Unit): multi-head target attention over the
   selected behaviours (selected padding slots are masked out).
 
+With queries (RecModel ``use_queries``) ``e_t`` and ``e_l`` are (query, item) pair vectors in the
+soft search, its auxiliary loss and the ESU, as in SEMINAR's reference SIM; the hard search keeps
+matching the item category.
+
 Simplified / differs from the paper:
   - no time-interval embeddings in the ESU (the batch carries positions, not
     timestamps); the hard search uses the DataModule's history window, not an
@@ -37,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modules.attention import TargetAttention, encode_unique, gather_positions, masked_softmax, masked_topk
+from ..modules.attention import TargetAttention, gather_positions, masked_softmax, masked_topk
 from ..modules.tower import Tower
 from .base import RecModel
 
@@ -88,12 +92,12 @@ class SIM(RecModel):
         return (self.gsu_k(e) @ self.gsu_q(target).unsqueeze(-1)).squeeze(-1) / math.sqrt(e.shape[-1])
 
     def interest(self, batch, target):
-        h, _, m = self.history(batch)
+        h, q, m = self.history(batch)
         if self.gsu == "hard":
             idx, sel = self.hard_search(batch, h, m)
-            keys = self.item_encoder.fused(gather_positions(h, idx))
+            keys = self.history_vectors(gather_positions(h, idx), gather_positions(q, idx))
         else:
-            e = encode_unique(self.item_encoder.fused, h)
+            e = self.history_vectors(h, q, unique=True)
             r = self.soft_scores(target, e)
             idx, sel = masked_topk(r.detach(), m, self.topk)
             keys = gather_positions(e, idx)

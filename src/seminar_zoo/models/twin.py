@@ -11,7 +11,8 @@ Behaviour feature split (the paper's efficiency device): a behaviour's
 features are
 
 * **inherent** item features ``K_h``: here the shared ItemEncoder vector of the item
-  (ID + attributes + text + image). They enter the keys through a full linear
+  (ID + attributes + text + image), fused with the behaviour's query into the pair vector
+  when the data has queries (RecModel ``use_queries``; as SEMINAR's reference TWIN). They enter the keys through a full linear
   projection ``K_h W_h`` (in production this projection is pre-computed per item).
 * **behaviour-specific** user-item cross features ``K_c``: what the batch offers about
   the behaviour relative to the target request, each embedded in ``cross_dim``:
@@ -46,7 +47,7 @@ from typing import List
 import torch
 from torch import nn
 
-from ..modules.attention import encode_unique, masked_softmax, masked_topk
+from ..modules.attention import masked_softmax, masked_topk
 from .base import RecModel
 
 N_RECENCY_BUCKETS = 16
@@ -161,10 +162,11 @@ class TWIN(RecModel):
         h, hq, m = self.history(batch)
         cross = self.cross_features(batch, hq, self.cross_names)
         with torch.no_grad():
-            e_all = encode_unique(self.item_encoder.fused, h)  # per distinct item (the paper caches K_h W_h per item)
+            e_all = self.history_vectors(h, hq, unique=True)  # per distinct behaviour (the paper caches K_h W_h per item)
         idx, sel = self.gsu(target, e_all, cross, m)
         B, H, K = idx.shape
-        picked = h.gather(1, idx.reshape(B, H * K)).view(B, H, K)
+        flat = idx.reshape(B, H * K)
+        picked, picked_q = h.gather(1, flat).view(B, H, K), hq.gather(1, flat).view(B, H, K)
         cross_k = cross.gather(1, idx.reshape(B, H * K, 1).expand(-1, -1, cross.shape[-1])).view(B, H, K, -1)
         # the ESU re-encodes the K picks with autograd: same values as gathering e_all
-        return self.attention(target, self.item_encoder.fused(picked), cross_k, sel)
+        return self.attention(target, self.history_vectors(picked, picked_q), cross_k, sel)

@@ -1,13 +1,9 @@
 """SEMINAR's building blocks (arXiv 2407.10714, Sec. 3; notes in ../shared/seminar-paper-notes.md).
 
-* :class:`PairEncoder`: each behaviour (and the target) is a (query, item) pair. Its modalities
-  are the item's (``id``, ``attr``, ``text``, ``image``: whatever the dataset has) plus ``query``
-  when the dataset has queries. Modality j gets the weight ``c_j * gamma_j`` with learnable
-  ``gamma`` (the paper's modality weights, q.k = (sum_i g_i x_t^(i)) . (sum_j g_j x_l^(j))) and the
-  fusion constant ``c_query = lambda_q``, ``c_item = 1 - lambda_q`` (Sec. 3.2, "fusion weight").
-  **When the dataset has no queries** (``n_queries == 0`` or ``"query"`` not in its modalities)
-  **or lambda_q == 0, the query modality is dropped and the item modalities get weight 1**: lambda
-  then has no effect at all (changing query ids cannot change any output).
+* :class:`PairEncoder` (in ``modules/pair.py``, re-exported here): the (query, item) pair fusion
+  ``lambda * query + (1 - lambda) * sum_j softmax(gamma)_j x_j`` shared with every baseline;
+  lambda is the query's exact share. **Without queries in the data, or with lambda_q == 0, the
+  query is dropped and the item part alone has weight 1** (lambda then has no effect).
 * :class:`ModalityProjections`: the GSU's per-modality maps G(j) in R^{d x d} (Sec. 3.3), applied
   to the restored (pretrained) embeddings; initialised to the identity so a freshly restored
   model starts from exactly the PSU's representation.
@@ -30,7 +26,7 @@ only through the ESU's additive bias (see :class:`~seminar_zoo.models.seminar.SE
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -40,90 +36,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from ..metrics import _binary_auc
 from .attention import TargetAttention, masked_softmax
-
-
-# --------------------------------------------------------------------------- pair fusion
-def data_has_queries(data_meta: dict) -> bool:
-    return int(data_meta.get("n_queries", 0)) > 0 and "query" in data_meta.get("modalities", [])
-
-
-class PairEncoder(nn.Module):
-    """Weighted per-modality vectors of (query, item) pairs: [..., M, d].
-
-    ``names`` = the item encoder's modalities, plus ``"query"`` if the dataset has queries.
-    ``gamma`` (one learnable weight per name, init 1) always covers all of them, so checkpoints
-    keep one shape whatever ``lambda_q`` is; :attr:`active` is the subset used with this lambda.
-    """
-
-    def __init__(self, item_modalities: Sequence[str], has_queries: bool, lambda_q: float = 0.5):
-        super().__init__()
-        if not 0.0 <= float(lambda_q) <= 1.0:
-            raise ValueError(f"lambda_q must be in [0, 1], got {lambda_q}")
-        self.item_modalities = list(item_modalities)
-        self.names = self.item_modalities + (["query"] if has_queries else [])
-        self.lambda_q = float(lambda_q)
-        self.use_query = has_queries and self.lambda_q > 0
-        self.gamma = nn.Parameter(torch.ones(len(self.names)))
-
-    @property
-    def active(self) -> List[str]:
-        """Modalities that enter the pair vector (query dropped when unused)."""
-        return self.item_modalities + (["query"] if self.use_query else [])
-
-    def constants(self) -> torch.Tensor:
-        """Fusion constants c_j of the active modalities (1 - lambda for items, lambda for the query)."""
-        if not self.use_query:
-            return torch.ones(len(self.item_modalities))
-        c = [1.0 - self.lambda_q] * len(self.item_modalities) + [self.lambda_q]
-        return torch.tensor(c)
-
-    def weights(self) -> torch.Tensor:
-        """c_j * gamma_j for the active modalities: [M_active]."""
-        g = self.gamma[: len(self.active)] if self.use_query else self.gamma[: len(self.item_modalities)]
-        return g * self.constants().to(g)
-
-    def raw(self, item_encoder, query_encoder, item_ids: torch.Tensor, query_ids: torch.Tensor) -> torch.Tensor:
-        """Unweighted per-modality vectors [..., M_active, d]; item ids encoded once per distinct id."""
-        uniq, inv = torch.unique(item_ids, return_inverse=True)
-        item = item_encoder(uniq)[inv]  # [..., M_item, d]
-        if not self.use_query:
-            return item
-        q = query_encoder(query_ids).unsqueeze(-2)
-        return torch.cat([item, q.to(item.dtype)], -2)
-
-    def forward(self, item_encoder, query_encoder, item_ids: torch.Tensor, query_ids: torch.Tensor) -> torch.Tensor:
-        """Weighted per-modality vectors [..., M_active, d] (sum over M = the fused pair vector)."""
-        x = self.raw(item_encoder, query_encoder, item_ids, query_ids)
-        return x * self.weights().to(x.dtype).unsqueeze(-1)
-
-    def fused(self, item_encoder, query_encoder, item_ids: torch.Tensor, query_ids: torch.Tensor,
-              proj: Optional["ModalityProjections"] = None) -> torch.Tensor:
-        """sum_j proj_j(c_j gamma_j x_j): [..., d], the same as ``proj(forward(...)).sum(-2)``.
-
-        Computed once per distinct item / query id and indexed back (a history repeats ids), so
-        it never materialises the [..., M, d] stack.
-        """
-        w = self.weights()
-        mi = len(self.item_modalities)
-        uniq, inv = torch.unique(item_ids, return_inverse=True)
-        xi = item_encoder(uniq)
-        xi = xi * w[:mi].to(xi.dtype).unsqueeze(-1)
-        if proj is not None:
-            xi = proj(xi)
-        out = xi.sum(-2)[inv]
-        if self.use_query:
-            uq, iq = torch.unique(query_ids, return_inverse=True)
-            xq = (query_encoder(uq) * w[mi].to(out.dtype)).unsqueeze(-2)
-            if proj is not None:
-                xq = proj(xq, start=mi)
-            out = out + xq.squeeze(-2)[iq]
-        return out
-
-    def item_vector(self, item_encoder, item_ids: torch.Tensor) -> torch.Tensor:
-        """gamma-weighted sum of the item modalities (no lambda): [..., d]."""
-        x = item_encoder(item_ids)
-        g = self.gamma[: len(self.item_modalities)].to(x.dtype)
-        return (x * g.unsqueeze(-1)).sum(-2)
+from .pair import PairEncoder, data_has_queries  # noqa: F401  (re-exported: moved to modules/pair.py)
 
 
 # --------------------------------------------------------------------------- G(j)

@@ -110,12 +110,12 @@ def test_learns_a_planted_next_item_rule(cls, kw):
     g = torch.Generator().manual_seed(1)
 
     def batch(seed_shift=0):
-        b = toy_batch(B=128, L=8, n_valid=8, seed=int(torch.randint(0, 10**6, (1,), generator=g)) + seed_shift)
+        b = toy_batch(B=64, L=8, n_valid=8, seed=int(torch.randint(0, 10**6, (1,), generator=g)) + seed_shift)
         pos = b["hist_item_id"][:, -1] % N_ITEMS + 1
-        neg = torch.randint(1, N_ITEMS + 1, (128,), generator=g)
+        neg = torch.randint(1, N_ITEMS + 1, (64,), generator=g)
         return b, pos, neg
 
-    for _ in range(150):
+    for _ in range(80):
         b, pos, neg = batch()
         u = model.user_vector(b)
         t = model.item_encoder.fused(torch.stack([pos, neg], 1))

@@ -1,0 +1,196 @@
+"""Peer parity with RecBole (Zhao et al., CIKM 2021/2022): its GRU4Rec and SASRec on OUR split
+and OUR candidates, scored by OUR metrics code.
+
+Why a bridge and not RecBole's own numbers:
+- RecBole rounds timestamps to float32, which reorders 149 ML-100K test targets; we feed it
+  per-user ranks (0, 1, 2, ...) as timestamps, so its leave-one-out split is ours.
+- Its stock ``uni100`` negatives can include the user's own items; we score its trained model
+  on our exact candidates instead: the test target against our 99 uniform unseen negatives,
+  and against every unseen item (full ranking), from ``full_sort_predict`` on our histories.
+RecBole's own full-ranking test numbers are recorded beside ours as a sanity check.
+
+RecBole needs numpy<2 and installs into its own virtual environment (``--setup`` creates
+``.venv-recbole``: torch CPU, numpy<2, recbole==1.2.1); the model runs there
+(``recbole_child.py``), this script prepares the data and computes the metrics.
+
+Usage:
+  python experiments/bench/recbole_parity.py --setup            # once
+  python experiments/bench/recbole_parity.py [--data runs/data/ml100k] [--models GRU4Rec SASRec]
+         [--seeds 0 1 2] [--epochs 100 --stopping-step 10]
+Writes experiments/results/recbole_parity.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV = ROOT / ".venv-recbole"
+KS = (10, 50)
+
+
+def setup_venv() -> None:
+    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    pip = [str(VENV / "bin" / "pip"), "install", "-q"]
+    subprocess.run(pip + ["torch==2.13.0"], check=True)
+    subprocess.run(pip + ["numpy<2", "recbole==1.2.1"], check=True)
+
+
+def single_positive_metrics(n_greater: np.ndarray, n_equal: np.ndarray, n_neg: np.ndarray) -> dict:
+    """Expected HR@K, NDCG@K, MRR and per-list AUC over random orders of tied scores.
+
+    The positive's rank is 1 + n_greater + U, U uniform on {0..n_equal}.
+    """
+    out = {}
+    r0 = n_greater + 1
+    span = n_equal + 1
+    ranks = r0[:, None] + np.arange(int(span.max()))[None, :]
+    valid = np.arange(int(span.max()))[None, :] < span[:, None]
+    w = valid / span[:, None]
+    for k in KS:
+        out[f"hr@{k}"] = float(((ranks <= k) * w).sum(1).mean())
+        out[f"ndcg@{k}"] = float(((ranks <= k) / np.log2(ranks + 1) * w).sum(1).mean())
+    out["mrr"] = float((w / ranks).sum(1).mean())
+    out["auc"] = float((1 - (n_greater + 0.5 * n_equal) / np.maximum(n_neg, 1)).mean())
+    return out
+
+
+def prepare_job(args, dm, work: Path):
+    """Atomic files with per-user rank timestamps; our test histories and candidates."""
+    st = dm.store
+    users = st.user
+    rank = np.arange(len(users)) - st.offsets[users]
+    d = work / "atomic" / "ours"
+    d.mkdir(parents=True)
+    with open(d / "ours.inter", "w") as fh:
+        fh.write("user_id:token\titem_id:token\ttimestamp:float\n")
+        np.savetxt(fh, np.stack([users, st.item, rank], 1), fmt="%d", delimiter="\t")
+    test = dm.splits["test"]
+    rows = np.arange(test.n_samples)
+    hist, _, _ = st.gather(test.user[rows], test.end[rows], args.max_len)
+    return test, hist
+
+
+def evaluate(scores: np.ndarray, test, dm) -> dict:
+    """Sampled (our 99 negatives) and full (every unseen item) metrics from one score matrix."""
+    u = test.user
+    cand = test.candidates
+    s_c = scores[np.arange(len(u))[:, None], cand]
+    pos = s_c[:, :1]
+    sampled = single_positive_metrics((s_c[:, 1:] > pos).sum(1), (s_c[:, 1:] == pos).sum(1),
+                                      np.full(len(u), cand.shape[1] - 1))
+    st = dm.store
+    n_gt, n_eq, n_neg = np.zeros(len(u), np.int64), np.zeros(len(u), np.int64), np.zeros(len(u), np.int64)
+    for i, user in enumerate(u):
+        items = np.unique(st.item[st.offsets[user]:st.offsets[user + 1]])
+        mask = np.ones(scores.shape[1], bool)
+        mask[0] = False
+        mask[items] = False  # every interacted item (the target included) is not a negative
+        neg = scores[i, mask]
+        p = scores[i, cand[i, 0]]
+        n_gt[i], n_eq[i], n_neg[i] = (neg > p).sum(), (neg == p).sum(), mask.sum()
+    full = single_positive_metrics(n_gt, n_eq, n_neg)
+    return {"sampled": sampled, "full": full}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--setup", action="store_true", help="create .venv-recbole and exit")
+    ap.add_argument("--data", default="runs/data/ml100k", help="a prepared dataset (seminar-zoo prepare movielens)")
+    ap.add_argument("--models", nargs="+", default=["GRU4Rec", "SASRec"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--stopping-step", type=int, default=10)
+    ap.add_argument("--lr", type=float, default=0.001)
+    ap.add_argument("--max-len", type=int, default=50)
+    ap.add_argument("--n-eval-negatives", type=int, default=99)
+    ap.add_argument("--out", default="experiments/results/recbole_parity")
+    args = ap.parse_args(argv)
+    if args.setup:
+        setup_venv()
+        return
+    py = VENV / "bin" / "python"
+    if not py.exists():
+        print(f"recbole_parity: {py} missing; run with --setup first", file=sys.stderr)
+        sys.exit(2)
+    sys.path.insert(0, str(ROOT / "src"))
+    from seminar_zoo.data.datamodule import LifelongSequenceDataModule
+
+    dm = LifelongSequenceDataModule(str(ROOT / args.data), max_len=args.max_len,
+                                    n_eval_negatives=args.n_eval_negatives, seed=0)
+    dm.setup()
+    n_items = int(dm.data_meta["n_items"])
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        test, hist = prepare_job(args, dm, work)
+        for model in args.models:
+            for seed in args.seeds:
+                job_dir = work / f"{model}-{seed}"
+                job_dir.mkdir()
+                np.save(job_dir / "histories.npy", hist)
+                job = {"data_path": str(work / "atomic"), "dataset": "ours", "model": model, "seed": seed,
+                       "epochs": args.epochs, "stopping_step": args.stopping_step, "lr": args.lr,
+                       "max_len": args.max_len, "n_items": n_items}
+                (job_dir / "job.json").write_text(json.dumps(job))
+                t0 = time.time()
+                env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+                with open(job_dir / "child.log", "w") as log:  # RecBole also writes log/ into its cwd
+                    rc = subprocess.run([str(py), str(ROOT / "experiments/bench/recbole_child.py"), str(job_dir)],
+                                        env=env, cwd=job_dir, stdout=log, stderr=subprocess.STDOUT).returncode
+                if rc:
+                    tail = (job_dir / "child.log").read_text().splitlines()[-15:]
+                    print(f"{model} seed {seed}: RecBole exited {rc}:\n" + "\n".join(tail), file=sys.stderr)
+                    sys.exit(1)
+                rb = json.loads((job_dir / "recbole_result.json").read_text())
+                res = evaluate(np.load(job_dir / "scores.npy"), test, dm)
+                runs.append({"model": model, "seed": seed, **res, "recbole": rb, "wall_s": time.time() - t0})
+                print(f"{model} seed {seed}: sampled NDCG@10 {res['sampled']['ndcg@10']:.4f} "
+                      f"HR@10 {res['sampled']['hr@10']:.4f} | full NDCG@10 {res['full']['ndcg@10']:.4f} "
+                      f"({time.time() - t0:.0f}s)", flush=True)
+    write(args, runs, dm)
+
+
+def _ms(xs):
+    xs = np.asarray(xs, float)
+    return f"{xs.mean():.4f} ± {xs.std(ddof=1) if len(xs) > 1 else 0:.4f}"
+
+
+def write(args, runs, dm) -> None:
+    out = ROOT / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"data": args.data, "n_eval_negatives": args.n_eval_negatives, "max_len": args.max_len,
+            "epochs": args.epochs, "stopping_step": args.stopping_step, "lr": args.lr, "seeds": args.seeds,
+            "n_test_lists": int(dm.splits["test"].n_samples), "load_avg": os.getloadavg()}
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
+    lines = ["# RecBole 1.2.1 on our split and our candidates", "",
+             f"Data `{args.data}`, leave-one-out (our split; RecBole fed per-user ranks as timestamps), "
+             f"max_len {args.max_len}, CE loss over all items, Adam lr {args.lr}, up to {args.epochs} epochs with "
+             f"early stopping on RecBole's validation NDCG@10 (patience {args.stopping_step}), seeds {args.seeds}. "
+             f"Scored by our metrics (tie-aware) on our {meta['n_test_lists']} test targets. "
+             "Produced by `python experiments/bench/recbole_parity.py`.", "",
+             "| model | protocol | NDCG@10 | HR@10 | NDCG@50 | HR@50 | MRR | AUC | RecBole's own full NDCG@10 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for model in args.models:
+        rs = [r for r in runs if r["model"] == model]
+        for proto in ("sampled", "full"):
+            own = _ms([r["recbole"]["test_recbole_protocol"].get("ndcg@10", float("nan")) for r in rs]) \
+                if proto == "full" else ""
+            name = f"{args.n_eval_negatives} negatives" if proto == "sampled" else "full ranking"
+            lines.append(f"| RecBole {model} | {name} | " + " | ".join(
+                _ms([r[proto][m] for r in rs]) for m in ("ndcg@10", "hr@10", "ndcg@50", "hr@50", "mrr", "auc"))
+                + f" | {own} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

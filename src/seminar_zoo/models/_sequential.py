@@ -38,8 +38,7 @@ class DotProductScoring:
     def sequence_inputs(self, batch: Dict[str, torch.Tensor]):
         """(behaviour vectors [B, L, d], mask [B, L]) from the shared (pair) encoder."""
         h, q, m = self.history(batch)
-        hv = getattr(self, "history_vectors", None)  # TODO(merge): base.history_vectors
-        return (hv(h, q) if hv is not None else self.item_encoder.fused(h)), m
+        return self.history_vectors(h, q), m
 
     def user_vector(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.encode_sequence(batch)  # [B, L, d]

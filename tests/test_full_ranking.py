@@ -117,3 +117,19 @@ def test_full_ranking_two_processes_match_one(tiny_data, tmp_path):
     assert two["world_size"] == 2 and two["n_test"] == 120 and two["protocol"] == "full"
     for k in ("test/hr@10", "test/hr@50", "test/ndcg@10", "test/ndcg@50", "test/mrr", "test/auc"):
         assert two[k] == pytest.approx(one[k], abs=1e-6), k
+
+
+def test_full_protocol_validates_on_the_sampled_lists_of_ranking(tiny_data):
+    """Under ``full`` the validation lists default to ranking's sampled candidates (cheap model
+    selection, same lists); ``full_val=True`` ranks them against every unseen item too."""
+    from seminar_zoo.data.datamodule import LifelongSequenceDataModule
+
+    dms = {}
+    for proto, fv in (("ranking", False), ("full", False), ("full", True)):
+        dm = LifelongSequenceDataModule(str(tiny_data), protocol=proto, max_len=20, full_val=fv)
+        dm.setup()
+        dms[(proto, fv)] = dm
+    rank_val = dms[("ranking", False)].splits["val"]
+    assert np.array_equal(dms[("full", False)].splits["val"].candidates, rank_val.candidates)
+    assert dms[("full", False)].splits["test"].candidates is None and dms[("full", False)].splits["test"].full
+    assert dms[("full", True)].splits["val"].candidates is None and dms[("full", True)].splits["val"].full

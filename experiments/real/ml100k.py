@@ -43,6 +43,9 @@ TOPK = ["--model.init_args.topk", "20"]
 # converged after the 3 epochs a shared CPU affords (DIN: HR@10 0.33 vs 0.5+ when trained longer).
 COMMON = ["--model.init_args.lr", "0.005"]
 MODELS = [
+    ("Popularity", "baselines/popularity.yaml", []),
+    ("SASRec", "baselines/sasrec.yaml", []),
+    ("HSTU", "baselines/hstu.yaml", []),
     ("DIN", "baselines/din.yaml", []),
     ("SEMINAR", "experiments/seminar.yaml", ["--model.init_args.retrieval", "exact", *TOPK]),
     ("SEMINAR-pq", "experiments/seminar_pq.yaml", TOPK),
@@ -55,11 +58,15 @@ WANTED = ["DIN", "SIM", "ETA", "SDIM", "TWIN", "SEMINAR (exact)", "SEMINAR (pq)"
 PROTOCOLS = {
     "ranking": {"metrics": ["test/ndcg@10", "test/hr@10", "test/mrr", "test/auc", "fit_seconds"],
                 "data": "runs/data/ml100k", "overrides": []},
+    # full ranking: trained and selected exactly as under ranking (validation on the same 99-negative
+    # lists), then each test target is ranked against every item its user never rated
+    "full": {"metrics": ["test/ndcg@10", "test/hr@10", "test/ndcg@50", "test/hr@50", "test/mrr", "test_seconds"],
+             "data": "runs/data/ml100k", "overrides": ["--data.protocol", "full"]},
     "ctr": {"metrics": ["test/auc", "test/gauc", "fit_seconds"], "data": "runs/data/ml100k_ctr",
             "overrides": ["--data.protocol", "ctr", "--data.train_window", "3"]},
 }
-NAMES = {"test/ndcg@10": "NDCG@10", "test/hr@10": "HR@10", "test/mrr": "MRR", "test/auc": "AUC",
-         "test/gauc": "GAUC", "fit_seconds": "fit s"}
+NAMES = {"test/ndcg@10": "NDCG@10", "test/hr@10": "HR@10", "test/ndcg@50": "NDCG@50", "test/hr@50": "HR@50",
+         "test/mrr": "MRR", "test/auc": "AUC", "test/gauc": "GAUC", "fit_seconds": "fit s", "test_seconds": "test s"}
 
 
 def sh(cmd, log=None, env=None):
@@ -78,6 +85,8 @@ def prepare(args) -> str:
 
         enc = "minilm" if minilm_available() else "hash"
     for proto, spec in PROTOCOLS.items():
+        if proto == "full":
+            continue  # same folder as ranking
         out = ROOT / spec["data"]
         meta = out / "meta.json"
         if meta.exists() and not args.force_prepare:
@@ -152,31 +161,19 @@ def compare_table(proto_dir: Path, metrics, out: Path):
     return f.read_text().strip() if rc == 0 and f.exists() else None
 
 
-def popularity_reference(data_path: Path, cfg: dict) -> str:
-    """Rank the same test candidates by item popularity among training behaviours (no model)."""
-    import numpy as np
-
-    sys.path.insert(0, str(ROOT / "src"))
-    from seminar_zoo.data.datamodule import LifelongSequenceDataModule
-
-    dm = LifelongSequenceDataModule(str(data_path), max_len=cfg.get("max_len", 50),
-                                    train_window=cfg.get("train_window"), seed=cfg.get("seed", 0),
-                                    n_eval_negatives=cfg.get("n_eval_negatives", 99))
-    dm.setup()
-    st = dm.store
-    user = st.user
-    pos_in_user = np.arange(len(user)) - st.offsets[user]
-    n_user = (st.offsets[user + 1] - st.offsets[user])
-    train = pos_in_user < n_user - 2  # never the validation or test target
-    cnt = np.bincount(st.item[train], minlength=dm.tables.n_items + 1).astype(float)
-    sc = cnt[dm.splits["test"].candidates]
-    rank = (sc[:, 1:] > sc[:, :1]).sum(1) + 0.5 * (sc[:, 1:] == sc[:, :1]).sum(1)  # ties: mid-rank
-    hr = (rank < 10).mean()
-    ndcg = np.where(rank < 10, 1 / np.log2(rank + 2), 0).mean()
-    mrr = (1 / (rank + 1)).mean()
-    auc = 1 - rank.mean() / (sc.shape[1] - 1)
-    return (f"Reference without a model: ranking the same candidates by item popularity (count of training "
-            f"behaviours) gives NDCG@10 {ndcg:.4f}, HR@10 {hr:.4f}, MRR {mrr:.4f}, AUC {auc:.4f}.")
+def peer_rows(peer: dict, proto: str) -> str:
+    """The RecBole rows (experiments/bench/recbole_parity.py) on the same split and candidates."""
+    key = "sampled" if proto == "ranking" else "full"
+    cols = ["ndcg@10", "hr@10", "mrr", "auc"] if proto == "ranking" else ["ndcg@10", "hr@10", "ndcg@50", "hr@50", "mrr"]
+    m = peer["meta"]
+    lines = [f"Peer on the same split and candidates (`experiments/results/recbole_parity.md`; RecBole 1.2.1, CE "
+             f"loss, up to {m['epochs']} epochs, early stopping on its validation NDCG@10, seeds {m['seeds']}):", "",
+             "| peer | n | " + " | ".join(c.upper().replace("HR", "HR").replace("NDCG", "NDCG") for c in cols) + " |",
+             "|---|---|" + "---|" * len(cols)]
+    for model in sorted({r["model"] for r in peer["runs"]}):
+        rs = [r for r in peer["runs"] if r["model"] == model]
+        lines.append(f"| RecBole {model} | {len(rs)} | " + " | ".join(_fmt([r[key][c] for r in rs]) for c in cols) + " |")
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -234,8 +231,14 @@ def main(argv=None):
         d = ROOT / args.runs / proto
         if proto == "ranking":
             head = ("## Ranking protocol: leave-one-out by time; each user's last rating ranked against "
-                    "**99 sampled negatives** (seeded, items the user never rated); every rating is a positive; "
-                    f"train_window {dcfg.get('train_window')}, 1 sampled negative per training target")
+                    "**99 negatives drawn uniformly without replacement from the items the user never rated** "
+                    "(seeded); every rating is a positive; "
+                    f"train_window {dcfg.get('train_window')}, 1 sampled unseen negative per training target. "
+                    "AUC = mean per-list AUC; metrics are tie-aware and computed from logits")
+        elif proto == "full":
+            head = ("## Full ranking: the same test targets ranked against **every item the user never rated** "
+                    "(~1,580 per user); trained and selected exactly as under ranking (separate runs, same seeds); "
+                    "`test s` = wall time of the test stage (full ranking of 943 users)")
         else:
             head = ("## CTR protocol: every rating is a labelled sample, rating >= 4 -> 1, else 0 (no sampled "
                     "negatives); per user the last pseudo-request (block of >= 10 ratings) is test, the one "
@@ -250,11 +253,9 @@ def main(argv=None):
         if table is None:
             table, n = builtin_table(d, spec["metrics"], order) if d.exists() else ("(no runs)", 0)
         parts += [table, ""]
-        if proto == "ranking" and (ROOT / spec["data"] / "meta.json").exists():
-            try:
-                parts += [popularity_reference(ROOT / spec["data"], dcfg), ""]
-            except Exception as e:  # the reference line is optional
-                parts += [f"(popularity reference failed: {e})", ""]
+        peer = ROOT / "experiments/results/recbole_parity.json"
+        if proto in ("ranking", "full") and peer.exists():
+            parts += [peer_rows(json.loads(peer.read_text()), proto), ""]
     parts += ["## Coverage", ""]
     ran = sorted({p.parent.parent.name for p in (ROOT / args.runs).glob("*/*/seed*/metrics.json")},
                  key=lambda k: order.index(k) if k in order else 99)

@@ -194,7 +194,9 @@ def experiment_main(argv: List[str]) -> dict:
         state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
         model.load_state_dict(state)
     model.before_test(ctx)
+    t1 = time.time()
     res = trainer.test(model, dm, verbose=False)[0]
+    test_seconds = time.time() - t1
     from .run_metrics import run_record, write_metrics
 
     tp = cli.throughput
@@ -202,7 +204,7 @@ def experiment_main(argv: List[str]) -> dict:
     out = run_record(model, dm, trainer, res, seed=seed, fit_seconds=fit_seconds, name=name,
                      samples_per_second=tp.rows / tp.seconds if tp.seconds else None,
                      peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                     best_checkpoint=best, epochs=trainer.current_epoch)
+                     best_checkpoint=best, epochs=trainer.current_epoch, test_seconds=test_seconds)
     if trainer.is_global_zero:
         write_metrics(run_dir / "metrics.json", out)
         if hasattr(trainer.logger, "experiment") and hasattr(trainer.logger.experiment, "summary"):

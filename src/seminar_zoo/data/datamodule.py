@@ -132,12 +132,16 @@ class LifelongSequenceDataModule(pl.LightningDataModule):
         seed: seeds the sampled negatives and the shuffle.
         repeat_targets: ``keep`` or ``drop`` (ranking/full) val/test targets that already occur
             in the user's earlier history (repeat consumption; see README "Evaluation protocol").
+        full_val: under ``full``, rank the validation targets against every unseen item too;
+            by default they use the ``n_eval_negatives`` sampled candidates of ``ranking`` (the
+            same lists), which keeps per-epoch model selection cheap.
     """
 
     def __init__(self, path: str = "runs/data/synthetic", protocol: Literal["ranking", "full", "ctr"] = "ranking",
                  max_len: int = 200, train_window: Optional[int] = 20, batch_size: int = 256,
                  eval_batch_size: int = 1000, num_workers: int = 0, n_eval_negatives: int = 99,
-                 train_negatives: int = 1, seed: int = 0, repeat_targets: Literal["keep", "drop"] = "keep"):
+                 train_negatives: int = 1, seed: int = 0, repeat_targets: Literal["keep", "drop"] = "keep",
+                 full_val: bool = False):
         super().__init__()
         if protocol not in ("ranking", "full", "ctr"):
             raise DatasetError(f"--data.protocol must be 'ranking', 'full' or 'ctr', got {protocol!r}")
@@ -257,8 +261,8 @@ class LifelongSequenceDataModule(pl.LightningDataModule):
         before_val = np.arange(len(st.item)) - st.offsets[st.user] < np.repeat(cnt - 2, cnt)
         self._train_counts = np.bincount(st.item[before_val], minlength=n_items + 1)
         sets = {}
-        full = hp.protocol == "full"
         for k, (name, (u, g)) in enumerate(sorted(out.items())):
+            full = hp.protocol == "full" and (name == "test" or (name == "val" and hp.full_val))
             end = st.history_end(u, st.ts[g])
             cands = None
             if name != "train" and not full:

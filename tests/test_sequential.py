@@ -142,3 +142,20 @@ def test_fit_on_tiny_dm_trains_embeddings(tiny_dm, name):
     trainer.fit(model, tiny_dm)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     assert not torch.equal(before, model.item_encoder.id_emb.weight)
+
+
+@pytest.mark.parametrize("cls,kw", MODELS, ids=IDS)
+def test_rows_of_one_request_share_one_history_encoding(cls, kw):
+    """A ranking list's rows (same user, request and history) give the same logits whether the
+    history is encoded once per request or once per row."""
+    model = make(cls, kw).eval()
+    b = toy_batch(B=4)
+    rep = {k: v.repeat_interleave(3, 0) for k, v in b.items()}
+    rep["item_id"] = torch.randint(1, N_ITEMS + 1, (12,))
+    calls = []
+    orig = model.encode_sequence
+    model.encode_sequence = lambda bb: calls.append(bb["hist_item_id"].shape[0]) or orig(bb)
+    shared = model(rep)
+    assert calls == [4]
+    rep["request_id"] = torch.arange(12)  # every row its own request: no sharing
+    assert torch.allclose(model(rep), shared, atol=1e-5) and calls == [4, 12]

@@ -29,6 +29,23 @@ def causal_valid_mask(mask: torch.Tensor) -> torch.Tensor:
     return causal & (mask.unsqueeze(1) | diag)
 
 
+def _shared_history_rows(batch: Dict[str, torch.Tensor]):
+    """(first row of each distinct (user, request), inverse index) when rows repeat and the
+    repeated rows carry identical histories; None otherwise."""
+    if "request_id" not in batch or "user_id" not in batch:
+        return None
+    key = batch["user_id"] * (1 << 40) + batch["request_id"]
+    uniq, inv = torch.unique(key, return_inverse=True)
+    if len(uniq) == len(key):
+        return None
+    first = torch.full((len(uniq),), len(key), dtype=torch.long, device=key.device)
+    first = first.scatter_reduce(0, inv, torch.arange(len(key), device=key.device), "amin")
+    for k in ("hist_item_id", "hist_query_id", "hist_mask", "hist_ts"):
+        if k in batch and not torch.equal(batch[k][first][inv], batch[k]):
+            return None  # same request id but different histories (e.g. ctr events at different times)
+    return first, inv
+
+
 class DotProductScoring:
     """logit = <target vector, sequence output at the last position> (SASRec Eq. 11 style)."""
 
@@ -41,6 +58,16 @@ class DotProductScoring:
         return self.history_vectors(h, q), m
 
     def user_vector(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, d]; rows that share a request (a ranking list's candidates, a target and its
+        sampled negatives) and the same history are encoded once."""
+        rows = _shared_history_rows(batch)
+        if rows is not None:
+            first, inv = rows
+            sub = {k: v[first] for k, v in batch.items() if torch.is_tensor(v) and v.shape[:1] == inv.shape}
+            return self._user_vector(sub)[inv]
+        return self._user_vector(batch)
+
+    def _user_vector(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.encode_sequence(batch)  # [B, L, d]
         _, _, m = self.history(batch)
         return out[:, -1] * m.any(-1, keepdim=True)  # empty history -> zero vector

@@ -96,12 +96,9 @@ class FaissScanner:
         codes = np.asarray(codes, dtype=np.uint8)
         self.n, self.g = codes.shape
         self.nbits, self.k = nbits, 1 << nbits
-        packed = pack_codes(codes, nbits)
+        self.packed = packed = pack_codes(codes, nbits)
         g_pad = self.g + (self.g % 2 if nbits == 4 else 0)  # fast-scan wants an even number of sub-spaces
-        onehot = np.broadcast_to(np.eye(self.k, dtype=np.float32), (g_pad, self.k, self.k))
-        self.lut_index = self._index(faiss, onehot, packed, fastscan=nbits == 4)
-        self.g_pad = g_pad
-        self.query_index = None
+        self.g_pad, self.lut_index, self.query_index = g_pad, None, None
         if codebooks is not None:
             cb = np.zeros((g_pad, self.k, codebooks.shape[-1]), np.float32)
             cb[: self.g, : codebooks.shape[1]] = codebooks
@@ -126,6 +123,11 @@ class FaissScanner:
 
     def search(self, lut: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """Tables ``[G, K']`` (K' <= 2^nbits; missing entries are never addressed) -> top-k (scores, rows)."""
+        if self.lut_index is None:  # built on first use: faiss8's one-hot index is 256 G wide
+            import faiss
+
+            onehot = np.broadcast_to(np.eye(self.k, dtype=np.float32), (self.g_pad, self.k, self.k))
+            self.lut_index = self._index(faiss, onehot, self.packed, fastscan=self.nbits == 4)
         q = np.zeros((self.g_pad, self.k), np.float32)
         q[: self.g, : lut.shape[1]] = lut
         return self._search(self.lut_index, q, k)

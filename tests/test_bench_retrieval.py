@@ -27,7 +27,7 @@ def test_quick_bench_rows_and_files(tmp_path):
     saved = json.loads(out.with_suffix(".json").read_text())
     assert saved["rows"] == rows and "load_start" in saved["meta"]
     names = {r["method"] for r in rows}
-    assert {"exact", "exact-fused", "pq-torch-4x16", "pq-faiss4-4x16", "pq-faiss4-4x16-cached", "pq-faiss4-4x16+rr4",
+    assert {"exact", "exact-fused", "pq-torch-4x16", "pq-faiss4-4x16", "pq-faiss4-4x16-cached", "pq-faiss4-4x16+rr4", "pq-faiss4-4x16-cached+rr4",
             "pq-faiss8-2x256", "faiss-fastscan-native", "faiss-flat", "hnsw-2stage", "simhash-64"} <= names
     by = {(r["method"], r["length"]): r for r in rows}
     for length in (300, 600):

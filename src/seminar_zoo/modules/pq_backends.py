@@ -86,17 +86,18 @@ class FaissScanner:
 
     ``nbits`` 4 (fast-scan, K = 16) or 8 (IndexPQ, K <= 256).  ``codebooks`` ([G, K, s], optional)
     makes :meth:`search_query` available: faiss builds the table itself from a query ``[G * s]``.
+    ``packed=True``: ``codes`` are already in :func:`pack_codes` layout (``[L, G * nbits / 8]``).
     """
 
-    def __init__(self, codes: np.ndarray, nbits: int, codebooks: Optional[np.ndarray] = None):
+    def __init__(self, codes: np.ndarray, nbits: int, codebooks: Optional[np.ndarray] = None, packed: bool = False):
         import faiss
 
         if nbits not in (4, 8):
             raise ValueError(f"FaissScanner: nbits must be 4 or 8, got {nbits}")
         codes = np.asarray(codes, dtype=np.uint8)
-        self.n, self.g = codes.shape
+        self.n, self.g = codes.shape[0], codes.shape[1] * (8 // nbits if packed else 1)
         self.nbits, self.k = nbits, 1 << nbits
-        self.packed = packed = pack_codes(codes, nbits)
+        self.packed = packed = np.ascontiguousarray(codes) if packed else pack_codes(codes, nbits)
         g_pad = self.g + (self.g % 2 if nbits == 4 else 0)  # fast-scan wants an even number of sub-spaces
         self.g_pad, self.lut_index, self.query_index = g_pad, None, None
         if codebooks is not None:

@@ -301,12 +301,12 @@ class MultiModalPQ(nn.Module):
 
     def scanner(self, codes: torch.Tensor, backend: str = "faiss4") -> FaissScanner:
         """A faiss index over one history's codes ``[L, M, n_sub]``: cache it per history and search it with
-        ``search(lut[b].reshape(G, K), k)`` (or, for ``faiss8``, ``search_query(target.repeat(M), k)``)."""
+        ``search(lut[b].reshape(G, K), k)``, or ``search_query(fused_target.repeat(M), k)`` (faiss builds the table)."""
         self._check_fitted("scanner")
         self._check_codes(codes, "scanner")
         if backend not in FAISS_BACKENDS or (backend == "faiss4" and self.n_centroids > 16):
             raise ValueError(f"MultiModalPQ.scanner: backend must be faiss4 (n_centroids <= 16) or faiss8, got {backend}")
-        cb = None if backend == "faiss4" else self.codebooks.reshape(self.n_groups, self.n_centroids, -1).cpu().numpy()
+        cb = self.codebooks.reshape(self.n_groups, self.n_centroids, -1).cpu().numpy()
         return FaissScanner(codes.reshape(-1, self.n_groups).cpu().numpy(), 4 if backend == "faiss4" else 8, cb)
 
     def score(self, lut: torch.Tensor, codes: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -368,13 +368,11 @@ class MultiModalPQ(nn.Module):
         k = min(k, l)
         m = torch.ones(b, l, dtype=torch.bool) if mask is None else mask.bool().cpu()
         t = target.sum(1) if target.dim() == 3 else target
-        tables = self._faiss_tables(self.lut(t)) if backend == "faiss4" else None
         vals, idx = torch.full((b, k), float("-inf")), torch.zeros(b, k, dtype=torch.long)
         for i in range(b):
             rows = m[i].nonzero().squeeze(1)
             sc = self.scanner(codes[i, rows], backend)
-            d, j = (sc.search(tables[i], k) if tables is not None
-                    else sc.search_query(t[i].detach().float().cpu().repeat(self.n_modalities).numpy(), k))
+            d, j = sc.search_query(t[i].detach().float().cpu().repeat(self.n_modalities).numpy(), k)
             n = len(j)
             vals[i, :n], idx[i, :n] = torch.from_numpy(d), rows[torch.from_numpy(j)]
             idx[i, n:] = (~m[i]).nonzero().squeeze(1)[: k - n]  # padding fills the tail, as the torch path does

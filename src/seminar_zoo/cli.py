@@ -290,6 +290,10 @@ def main(argv: Optional[List[str]] = None) -> None:
                 print(f"{d}: ok ({t.meta.get('n_users')} users, {t.n_items} items, {len(t.events['user_id'])} events)")
         elif verb in ("sweep", "compare"):
             _dispatch(f"seminar_zoo.{verb}", rest, verb)
+        elif verb in ("export", "serve-bench"):
+            from . import serving
+
+            (serving.export_main if verb == "export" else serving.serve_bench_main)(rest)
         elif verb == "bench":
             # benchmarks live in the repository (experiments/bench/NAME.py), not in the package
             import runpy

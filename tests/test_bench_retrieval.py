@@ -29,6 +29,7 @@ def test_quick_bench_rows_and_files(tmp_path):
     names = {r["method"] for r in rows}
     assert {"exact", "exact-fused", "pq-torch-4x16", "pq-faiss4-4x16", "pq-faiss4-4x16-cached", "pq-faiss4-4x16+rr4", "pq-faiss4-4x16-cached+rr4",
             "pq-faiss8-2x256", "faiss-fastscan-native", "faiss-flat", "hnsw-2stage", "simhash-64"} <= names
+    assert any(n.startswith("pq-alloc8-") and n.endswith("-cached+rr4") for n in names)  # bit allocation rows
     by = {(r["method"], r["length"]): r for r in rows}
     for length in (300, 600):
         assert by[("exact", length)]["recall"] == 1.0 and by[("exact-fused", length)]["recall"] == 1.0

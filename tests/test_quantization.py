@@ -220,3 +220,16 @@ def test_backend_errors():
         MultiModalPQ(M, D, n_sub=4, n_centroids=64, backend="faiss4")
     with pytest.raises(ValueError, match="backend"):
         MultiModalPQ(M, D, backend="gpu")
+
+
+def test_allocate_subspaces_by_variance_share():
+    from seminar_zoo.modules.pq_backends import allocate_subspaces
+
+    # hand-computed, always doubling the largest share per sub-space that still fits in 32:
+    # image 1->2->4->8->16 (19 used; 32 no longer fits), query ->2 (20), text ->2 (21), query ->4 (23),
+    # id ->2 (24, tie with text: lower index), text ->4 (26), query ->8 (30), id ->4 (32)
+    assert allocate_subspaces([0.03, 0.01, 0.02, 0.94], 32, 64) == [8, 4, 4, 16]
+    assert allocate_subspaces([1, 1], 8, 64) == [4, 4]  # equal shares split evenly
+    assert allocate_subspaces([1, 0], 6, 4) == [4, 2]  # capped by the width (4), the rest gets what is left
+    with pytest.raises(ValueError, match="total"):
+        allocate_subspaces([1, 1, 1], 2, 64)

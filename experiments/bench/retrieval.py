@@ -14,6 +14,8 @@ image 10), each method returns its top-K and is timed end to end:
   codebooks loaded into faiss so that faiss builds the table from the target (``search_query``);
 * ``pq-faiss8-Sx256``  8-bit IndexPQ with our codebooks (gather + scan);
 * ``...+rrR``          the PQ top R*K re-scored exactly from the embedding tables;
+* ``pq-allocG-a-b-c-dx16-cached``  G 4-bit sub-spaces split over the modalities by their share of the score
+  variance (``allocate_subspaces``), one quantizer per modality, index kept per history;
 * ``faiss-fastscan-native``  faiss' own PQ fast-scan on the fused keys, at the same bytes per behaviour
   (index cached; the anchor for "within 2x of fast-scan");
 * ``faiss-flat``       IndexFlatIP on the fused keys (index cached);
@@ -36,7 +38,7 @@ import numpy as np
 import torch
 
 from seminar_zoo.modules.hashing import SimHash, hamming
-from seminar_zoo.modules.pq_backends import FaissScanner, faiss_available, pack_codes
+from seminar_zoo.modules.pq_backends import FaissScanner, allocate_subspaces, faiss_available, pack_codes
 from seminar_zoo.modules.quantization import MultiModalPQ
 
 NORMS = (1.0, 0.5, 1.0, 10.0)  # query, id, text, image
@@ -127,6 +129,32 @@ class PQTables:
         return torch.cat([rows(self.query, qids), rows(self.item, ids)], 1)  # [L, M, S]
 
 
+class AllocPQ:
+    """One 16-centroid quantizer per modality, sub-spaces split by score-variance share (allocate_subspaces)."""
+
+    def __init__(self, world: World, total: int, fit_rows: int, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        n = min(fit_rows, len(world.item))
+        keys = torch.cat([world.query[torch.randint(len(world.query), (n,), generator=g)],
+                          world.item[torch.randint(len(world.item), (n,), generator=g)]], 1)  # [n, 4, d]
+        tf = keys[torch.randperm(n, generator=g)].sum(1)  # targets drawn like behaviours
+        shares = torch.einsum("nd,nmd->nm", tf, keys).var(0)
+        self.shares = (shares / shares.sum()).tolist()
+        self.n_sub = allocate_subspaces(self.shares, total, keys.shape[-1])
+        self.pqs = [MultiModalPQ(1, keys.shape[-1], n_sub=s, n_centroids=16, seed=seed).fit(keys[:, j:j + 1])
+                    for j, s in enumerate(self.n_sub)]
+        self.query = self.pqs[0].encode(world.query).reshape(len(world.query), -1)
+        self.item = torch.cat([p.encode(world.item[:, j - 1:j]).reshape(len(world.item), -1)
+                               for j, p in enumerate(self.pqs) if j > 0], 1)
+        self.bytes = total // 2
+
+    def scanner(self, ids, qids) -> FaissScanner:
+        return FaissScanner(torch.cat([rows(self.query, qids), rows(self.item, ids)], 1).numpy(), 4)
+
+    def lut(self, tf: torch.Tensor) -> np.ndarray:
+        return torch.cat([p.lut(tf[None])[0].reshape(-1, 16) for p in self.pqs]).numpy()
+
+
 def _time(fn: Callable, reps: int) -> float:
     ts = []
     for _ in range(reps):
@@ -160,7 +188,7 @@ def _hnsw_2stage(keys: np.ndarray):
     return out
 
 
-def methods_for(world: World, pqs: Dict[str, PQTables], ids, qids, t, args, native) -> Dict[str, tuple]:
+def methods_for(world: World, pqs: Dict[str, PQTables], ids, qids, t, args, native, allocs=None) -> Dict[str, tuple]:
     """name -> (per-request callable returning top-K indices, bytes per behaviour, index cached per history?)."""
     k, rr, d = args.topk, args.rerank_factor, world.item.shape[-1]
     tf = t.sum(0)
@@ -196,6 +224,12 @@ def methods_for(world: World, pqs: Dict[str, PQTables], ids, qids, t, args, nati
                 return torch.from_numpy(sc.search_query(q, kk)[1])
             m[f"pq-faiss8-{name}"] = (f8, tab.bytes)
             m[f"pq-faiss8-{name}+rr{rr}"] = (lambda f8=f8: rerank(world, ids, qids, t, f8(kk=rr * k), k), tab.bytes)
+    for total, alloc in (allocs or {}).items():
+        sc = alloc.scanner(ids, qids)
+        name = f"pq-alloc{total}-" + "-".join(map(str, alloc.n_sub)) + "x16-cached"
+        fa = (lambda sc=sc, alloc=alloc, kk=k: torch.from_numpy(sc.search(alloc.lut(tf), kk)[1]))
+        m[name] = (fa, alloc.bytes)
+        m[f"{name}+rr{rr}"] = (lambda fa=fa: rerank(world, ids, qids, t, fa(kk=rr * k), k), alloc.bytes)
     fused = (world.item_fused[ids] + world.query_fused[qids]).numpy()
     sh = SimHash(d, args.simhash_bits, seed=0)
     sig = sh.signature(torch.from_numpy(fused))
@@ -232,6 +266,10 @@ def run(args) -> List[dict]:
         faiss.omp_set_num_threads(args.threads)
     world = World(args.items, args.queries, args.dim, seed=args.seed)
     native = _faiss_native(world, args.native_bytes, args.fit_rows, args.seed) if use_faiss else None
+    allocs = {n: AllocPQ(world, n, args.fit_rows, args.seed) for n in args.alloc} if use_faiss else {}
+    for n, a in allocs.items():
+        print(f"alloc {n}: score-variance shares (query, id, text, image) {[round(x, 3) for x in a.shares]} "
+              f"-> sub-spaces {a.n_sub}", flush=True)
     pqs = {}
     for spec in args.pq.split(","):
         s, c = (int(x) for x in spec.split("x"))
@@ -243,7 +281,7 @@ def run(args) -> List[dict]:
             ids, qids, t = world.request(length)
             truth = set(torch.einsum("d,lmd->l", t.sum(0).double(),
                                      torch.cat([world.query[qids], world.item[ids]], 1).double()).topk(args.topk).indices.tolist())
-            meths = methods_for(world, pqs, ids, qids, t, args, native)
+            meths = methods_for(world, pqs, ids, qids, t, args, native, allocs)
             for name, (fn, nbytes) in meths.items():
                 found = set(fn().tolist())
                 ms = _time(fn, args.reps)
@@ -302,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--items", type=int, default=200_000)
     ap.add_argument("--queries", type=int, default=5_000)
     ap.add_argument("--pq", default="8x16,16x16,4x256,8x256", help="MultiModalPQ sizes n_subxn_centroids")
+    ap.add_argument("--alloc", default="32,64", help="total 4-bit sub-spaces split by score-variance share")
     ap.add_argument("--fit-rows", type=int, default=20_000)
     ap.add_argument("--rerank-factor", type=int, default=10)
     ap.add_argument("--native-bytes", type=int, default=16, help="bytes per behaviour of faiss' own fast-scan")
@@ -325,11 +364,12 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
     if args.quick:
         args.lengths, args.items, args.queries, args.fit_rows = "300,600", 3000, 200, 3000
         args.pq, args.topk, args.requests, args.reps, args.dim, args.rerank_factor = "4x16,2x256", 10, 2, 1, 16, 4
-        args.hnsw_max_len, args.native_bytes, args.simhash_bits = 600, 4, 64
+        args.hnsw_max_len, args.native_bytes, args.simhash_bits, args.alloc = 600, 4, 64, "8"
     try:
         args.lengths = [int(x) for x in str(args.lengths).split(",")]
         for spec in args.pq.split(","):
             s, c = (int(x) for x in spec.split("x"))
+        args.alloc = [int(x) for x in str(args.alloc).split(",") if x]
     except ValueError:
         ap.error(f"--lengths must be integers and --pq sizes like 8x16 (got {args.lengths!r}, {args.pq!r})")
     if min(args.lengths) < args.topk * args.rerank_factor:

@@ -147,3 +147,19 @@ class FaissScanner:
         out = np.empty(self.n, np.float32)
         out[i] = d
         return out
+
+
+def allocate_subspaces(shares, total: int, dim: int) -> list:
+    """Sub-spaces per modality for ``total`` codes in all, by each modality's share of the score variance
+    (issue 13 item 3; cf. bit allocation in transform coding): start every modality at 1 and repeatedly
+    double the one with the largest share per sub-space while the budget lasts.  Counts divide ``dim``."""
+    shares = [max(float(s), 0.0) for s in shares]
+    n = [1] * len(shares)
+    if total < len(n):
+        raise ValueError(f"allocate_subspaces: total={total} is below one sub-space per modality ({len(n)})")
+    while True:
+        order = sorted(range(len(n)), key=lambda j: -shares[j] / n[j])
+        grow = next((j for j in order if 2 * n[j] <= dim and dim % (2 * n[j]) == 0 and sum(n) + n[j] <= total), None)
+        if grow is None:
+            return n
+        n[grow] *= 2

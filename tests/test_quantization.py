@@ -166,3 +166,70 @@ def test_no_python_loop_over_length_large_history_is_fast():
     s = pq.score(pq.lut(target), codes)
     assert s.shape == (2, 20_000)
     assert time.perf_counter() - t0 < 2.0
+
+
+# --------------------------------------------------------------------------- scoring backends
+def test_faiss_backends_agree_with_torch_reference():
+    """faiss8 scans float tables (float rounding only); faiss4 fast-scan rounds each 16-entry table to uint8,
+    so |score - reference| <= G * max_g span_g / 255 (fastscan_error_bound); top-K overlap stays high."""
+    pytest.importorskip("faiss")
+    from seminar_zoo.modules.pq_backends import fastscan_error_bound
+
+    target, hist = _clustered(3, 600, seed=5)
+    mask = torch.rand(3, 600, generator=torch.Generator().manual_seed(1)) > 0.2
+    for k_c, backend in ((16, "faiss4"), (64, "faiss8"), (16, "auto")):
+        pq = MultiModalPQ(M, D, n_sub=4, n_centroids=k_c, seed=0).fit(hist.reshape(-1, M, D))
+        codes, lut = pq.encode(hist), pq.lut(target)
+        ref = pq.score(lut, codes, mask)
+        ref_v, ref_i = pq.topk(target, codes, 20, mask)
+        pq.backend = backend
+        with torch.no_grad():
+            assert pq.resolved_backend(codes.device, for_topk=True) == ("faiss4" if k_c == 16 else backend)
+            s = pq.score(lut, codes, mask)
+            v, i = pq.topk(target, codes, 20, mask)
+        assert torch.isinf(s[~mask]).all() and bool(mask.gather(1, i).all())
+        err = (s[mask] - ref[mask]).abs()
+        if k_c == 64:
+            assert float(err.max()) < 1e-4
+            torch.testing.assert_close(v, ref_v, atol=1e-4, rtol=0)
+        else:
+            bound = fastscan_error_bound(lut.reshape(3, -1, 16))
+            assert ((s - ref).abs().masked_fill(~mask, 0).amax(1) <= bound).all()
+            assert float(err.mean()) < 0.25 * float(bound.mean())  # rounding errors mostly cancel
+        overlap = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(i, ref_i)) / 60
+        assert overlap >= (1.0 if k_c == 64 else 0.85), (backend, overlap)
+    with torch.enable_grad():  # auto never takes the faiss path under autograd
+        assert pq.resolved_backend(torch.device("cpu")) == "torch"
+
+
+def test_faiss_topk_pads_short_histories_like_torch():
+    pytest.importorskip("faiss")
+    target, hist = _clustered(2, 30, seed=2)
+    mask = torch.zeros(2, 30, dtype=torch.bool)
+    mask[0, :4] = True
+    mask[1] = True
+    pq = MultiModalPQ(M, D, n_sub=2, n_centroids=16, seed=0, backend="faiss4").fit(hist.reshape(-1, M, D))
+    with torch.no_grad():
+        v, i = pq.topk(target, pq.encode(hist), 6, mask)
+    assert set(i[0, :4].tolist()) == {0, 1, 2, 3} and torch.isinf(v[0, 4:]).all() and not bool(mask[0, i[0, 4:]].any())
+    assert torch.isfinite(v[1]).all() and len(set(i[1].tolist())) == 6
+
+
+def test_backend_errors():
+    with pytest.raises(ValueError, match="faiss4"):
+        MultiModalPQ(M, D, n_sub=4, n_centroids=64, backend="faiss4")
+    with pytest.raises(ValueError, match="backend"):
+        MultiModalPQ(M, D, backend="gpu")
+
+
+def test_allocate_subspaces_by_variance_share():
+    from seminar_zoo.modules.pq_backends import allocate_subspaces
+
+    # hand-computed, always doubling the largest share per sub-space that still fits in 32:
+    # image 1->2->4->8->16 (19 used; 32 no longer fits), query ->2 (20), text ->2 (21), query ->4 (23),
+    # id ->2 (24, tie with text: lower index), text ->4 (26), query ->8 (30), id ->4 (32)
+    assert allocate_subspaces([0.03, 0.01, 0.02, 0.94], 32, 64) == [8, 4, 4, 16]
+    assert allocate_subspaces([1, 1], 8, 64) == [4, 4]  # equal shares split evenly
+    assert allocate_subspaces([1, 0], 6, 4) == [4, 2]  # capped by the width (4), the rest gets what is left
+    with pytest.raises(ValueError, match="total"):
+        allocate_subspaces([1, 1, 1], 2, 64)

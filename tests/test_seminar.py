@@ -222,11 +222,24 @@ def test_retrieval_pq_is_wired_or_clearly_missing(tiny_dm):
     b = _short_history(_batch(tiny_dm), keep=30)
     tm = m.modal(b["item_id"], b["query_id"])
     hm = m.modal(b["hist_item_id"], b["hist_query_id"])
-    idx, sel, s = m.gsu_topk(tm, hm, b["hist_mask"])
-    assert bool(b["hist_mask"].gather(1, idx)[sel].all())
-    exact = masked_topk(m.gsu_scores(tm, hm, b["hist_mask"]), b["hist_mask"], 8)[0]
-    overlap = torch.tensor([len(set(a.tolist()) & set(e.tolist())) for a, e in zip(idx, exact)]).float().mean() / 8
-    assert overlap > 0.5  # approximate retrieval finds most of the exact top-K
+    mask = b["hist_mask"]
+    with torch.no_grad():
+        exact_idx, _, exact_s = m.gsu_topk(tm, hm, mask)
+        m.pq_retrieval(True)
+        idx, sel, s = m.gsu_topk(tm, hm, mask)
+        m.pq_retrieval(False)
+        # the PQ path really ran: its scores are the quantizer's sums of table entries, not the exact ones
+        t, kv = m.gsu_vectors(tm, hm)
+        pq = m.pq_index.score(m.pq_index.lut(t.float()), m.pq_index.encode(kv.float()), mask)
+    torch.testing.assert_close(s, pq)
+    torch.testing.assert_close(exact_s, m.gsu_scores(tm, hm, mask))
+    assert not torch.allclose(s[mask], exact_s[mask])
+    assert bool(mask.gather(1, idx)[sel].all())
+    # ... and approximates them: scores correlate, the PQ top-K finds most of the exact top-K
+    corr = torch.corrcoef(torch.stack([s[mask], exact_s[mask]]))[0, 1]
+    assert corr > 0.8, corr
+    overlap = torch.tensor([len(set(a.tolist()) & set(e.tolist())) for a, e in zip(idx, exact_idx)]).float().mean() / 8
+    assert overlap > 0.5  # measured 0.75 (corr 0.85) with 2 x 16 centroids per modality
     tr = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                     limit_test_batches=2)
     tr.test(m, tiny_dm, verbose=False)

@@ -270,10 +270,22 @@ def main(argv: Optional[List[str]] = None) -> None:
                 print(f"{d}: ok ({t.meta.get('n_users')} users, {t.n_items} items, {len(t.events['user_id'])} events)")
         elif verb in ("sweep", "compare"):
             _dispatch(f"seminar_zoo.{verb}", rest, verb)
+        elif verb in ("export", "serve-bench"):
+            from . import serving
+
+            (serving.export_main if verb == "export" else serving.serve_bench_main)(rest)
         elif verb == "bench":
-            if not rest:
-                raise SystemExit("usage: seminar-zoo bench {retrieval,...} [options]")
-            _dispatch(f"seminar_zoo.bench.{rest[0]}", rest[1:], f"bench {rest[0]}")
+            # benchmarks live in the repository (experiments/bench/NAME.py), not in the package
+            import runpy
+
+            roots = [Path(__file__).resolve().parents[2], Path.cwd()]
+            files = [r / "experiments" / "bench" / f"{rest[0]}.py" for r in roots] if rest else []
+            found = [f for f in files if rest and rest[0].isidentifier() and f.is_file()]
+            if not found:
+                raise SystemExit(f"usage: seminar-zoo bench NAME [options], NAME a file experiments/bench/NAME.py of "
+                                 f"the seminar-zoo repository (run from a checkout); not found: "
+                                 f"{', '.join(map(str, files)) or 'no NAME given'}")
+            runpy.run_path(str(found[0]), run_name="seminar_zoo_bench")["main"](rest[1:])
         else:
             raise SystemExit(f"seminar-zoo: unknown command '{verb}' (see seminar-zoo --help)")
     except DatasetError as e:

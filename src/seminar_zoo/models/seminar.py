@@ -249,6 +249,12 @@ class SEMINAR(RecModel):
     def _pq_active(self) -> bool:
         return self.pq_index is not None and getattr(self, "_pq_on", False)
 
+    def pq_retrieval(self, on: bool = True) -> None:
+        """Switch the GSU to PQ scores (``retrieval: pq``; test/predict do this themselves) or back to exact."""
+        if on and self.pq_index is None:
+            raise RuntimeError("pq_retrieval: this model was built with retrieval: exact")
+        self._pq_on = bool(on)
+
     def _pq_check(self) -> None:
         if not bool(self.pq_index.is_fitted):
             raise RuntimeError("retrieval: pq: the quantizer has no codebooks yet; call fit_pq(datamodule)")

@@ -44,16 +44,11 @@ Simplifications / differences from the reference implementation (``inference/eva
   instead of faiss' ProductQuantizer.
 * One codebook per (modality, sub-space); modalities must share the width ``dim``.
 
-Trade-offs measured by ``seminar-zoo bench retrieval`` (experiments/results/retrieval.md)
------------------------------------------------------------------------------------
-* Every modality gets the same ``n_sub`` codes.  When one modality dominates the score (our synthetic
-  image vectors have ~10x the text norm) most bytes quantize modalities that barely move it; a PQ of
-  the pre-summed key (``MultiModalPQ(n_modalities=1, ...)`` on ``sum_j k_j``) ranks better at equal
-  bytes, but only while gamma and G(j) are frozen.  The per-modality codes buy per-request modality
-  weights (``lut(..., weights=)``) without re-encoding.
-* On CPU the gather is latency-bound (M * n_sub dependent look-ups per behaviour); ``backend="auto"``
-  with ``lut_dtype="int16"`` (a torch.compile'd fused loop) was the fastest variant measured.  For a
-  high recall@K, re-score the PQ top R*K exactly (the bench's ``+rrR`` rows).
+Scoring backends (``backend=``, see ``modules/pq_backends.py``): ``torch`` (the reference, any device),
+``compile`` (torch.compile'd gather), ``faiss4`` (faiss 4-bit fast-scan, ``n_centroids <= 16``),
+``faiss8`` (faiss 8-bit IndexPQ), ``auto`` (faiss on CPU without autograd when installed and the
+codes fit -- fast-scan for <= 16 centroids, IndexPQ for :meth:`topk` otherwise -- torch elsewhere).
+Speed and recall of each: ``seminar-zoo bench retrieval`` (experiments/results/retrieval.md).
 
 Usage::
 
@@ -65,43 +60,17 @@ Usage::
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
+from . import kmeans
+from .pq_backends import FAISS_BACKENDS, FaissScanner, compiled_gather_sum, faiss_available, gather_sum
+
 _LUT_DTYPES = ("float32", "float16", "int16")
-_BACKENDS = ("eager", "compile", "auto")
-
-
-def _gather_sum(lut_flat: torch.Tensor, codes: torch.Tensor, offsets: torch.Tensor, table: str = "float32") -> torch.Tensor:
-    """[B, G*K] float tables, [B, L, G] uint8 codes, [G] offsets (g*K) -> [B, L] float32 sums of the
-    gathered entries.  ``table`` converts the tables first: ``float16``, or ``int16`` (scaled per request
-    so the largest entry is 32767, summed in int32, scaled back)."""
-    b, l, g = codes.shape
-    scale = None
-    if table == "float16":
-        lut_flat = lut_flat.half()
-    elif table == "int16":
-        scale = lut_flat.abs().amax(1, keepdim=True).clamp_min(1e-30) / 32767.0
-        lut_flat = torch.round(lut_flat / scale).to(torch.int16)
-    idx = (codes.long() + offsets).reshape(b, l * g)
-    vals = torch.gather(lut_flat, 1, idx).reshape(b, l, g)
-    out = vals.sum(-1, dtype=torch.float32 if vals.is_floating_point() else torch.int32).float()
-    return out if scale is None else out * scale
-
-
-_COMPILED = {}
-
-
-def _compiled_gather_sum():
-    """torch.compile'd :func:`_gather_sum`: one fused loop that reads the uint8 codes directly (no int64
-    index tensor), with the table conversion in the same graph.  Shapes are specialised (a new (B, L)
-    recompiles; past torch._dynamo's cache_size_limit, dynamo itself falls back to eager)."""
-    if "fn" not in _COMPILED:
-        _COMPILED["fn"] = torch.compile(_gather_sum, dynamic=False)
-    return _COMPILED["fn"]
+_BACKENDS = ("auto", "torch", "eager", "compile") + FAISS_BACKENDS
 
 
 class MultiModalPQ(nn.Module):
@@ -121,8 +90,8 @@ class MultiModalPQ(nn.Module):
         lut_dtype: ``float32`` | ``float16`` | ``int16``: the type of the tables gathered by
             :meth:`score` (``int16`` tables are scaled per request and summed in int32; scores
             come back as float32 in the original units, up to the table rounding).
-        backend: ``eager`` (batched torch.gather), ``compile`` (torch.compile of the same
-            gather-sum), or ``auto`` (compile where it works, else eager).
+        backend: ``torch`` (alias ``eager``: batched torch.gather), ``compile`` (torch.compile of the
+            same gather-sum), ``faiss4`` / ``faiss8`` (faiss fast-scan / IndexPQ, CPU) or ``auto``.
         chunk_bytes: size of the [G, rows, K] distance blocks of fitting and encoding (a cache-sized
             block is ~2x faster than one large one on CPU); eager scoring uses 8x this for its index blocks.
     """
@@ -130,7 +99,7 @@ class MultiModalPQ(nn.Module):
     def __init__(self, n_modalities: int, dim: int, n_sub: int = 8, n_centroids: int = 256, n_iter: int = 15,
                  seed: int = 0, init: str = "kmeans++", max_points_per_centroid: int = 64,
                  init_points_per_centroid: int = 16,
-                 lut_dtype: str = "float32", backend: str = "eager", chunk_bytes: int = 2 << 20):
+                 lut_dtype: str = "float32", backend: str = "torch", chunk_bytes: int = 2 << 20):
         super().__init__()
         if n_modalities < 1 or dim < 1:
             raise ValueError(f"MultiModalPQ: n_modalities and dim must be >= 1, got {n_modalities}, {dim}")
@@ -147,6 +116,10 @@ class MultiModalPQ(nn.Module):
             raise ValueError(f"MultiModalPQ: lut_dtype must be one of {_LUT_DTYPES}, got {lut_dtype!r}")
         if backend not in _BACKENDS:
             raise ValueError(f"MultiModalPQ: backend must be one of {_BACKENDS}, got {backend!r}")
+        if backend == "faiss4" and n_centroids > 16:
+            raise ValueError(f"MultiModalPQ: backend faiss4 (4-bit fast-scan) needs n_centroids <= 16, got {n_centroids}")
+        if backend in FAISS_BACKENDS and not faiss_available():
+            raise ValueError(f"MultiModalPQ: backend {backend} needs faiss (pip install faiss-cpu)")
         self.n_modalities, self.dim, self.n_sub, self.n_centroids = n_modalities, dim, n_sub, n_centroids
         self.sub_dim = dim // n_sub
         self.n_iter, self.seed, self.init = n_iter, seed, init
@@ -187,55 +160,6 @@ class MultiModalPQ(nn.Module):
                                f"(or load a state_dict of a fitted quantizer)")
 
     # ------------------------------------------------------------------ k-means
-    def _rows_per_chunk(self, g: int, k: int) -> int:
-        return max(1, self.chunk_bytes // (4 * g * k))
-
-    def _assign(self, x: torch.Tensor, c: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """x [G, N, s], c [G, K, s] -> (nearest centroid [G, N] long, squared distance [G, N])."""
-        g, n, _ = x.shape
-        cn = (c * c).sum(-1).unsqueeze(1)  # [G, 1, K]
-        step = self._rows_per_chunk(g, c.shape[1])
-        idx, dist = [], []
-        for s in range(0, n, step):  # chunks of rows bound the [G, n, K] temporary; not a loop over elements
-            xs = x[:, s:s + step]
-            d = torch.baddbmm(cn, xs, c.transpose(1, 2), alpha=-2.0)  # ||c||^2 - 2 x.c
-            v, i = d.min(-1)
-            idx.append(i)
-            dist.append((v + (xs * xs).sum(-1)).clamp_min_(0))
-        return torch.cat(idx, 1), torch.cat(dist, 1)
-
-    def _init_centroids(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        g, n, s = x.shape
-        k = self.n_centroids
-        ar = torch.arange(g, device=x.device)
-        if self.init == "random":
-            order = torch.rand(g, n, generator=gen, device=x.device).argsort(1)
-            if n < k:  # fewer points than centroids: repeat (duplicates stay exact copies of points)
-                order = order.repeat(1, math.ceil(k / n))
-            return x[ar[:, None], order[:, :k]]
-        # k-means++ (D^2 sampling) on a subsample of at most ``init_points_per_centroid * K`` points, all G
-        # codebooks at once: K sequential steps (not a loop over the points)
-        m = min(n, self.init_points_per_centroid * k)
-        if m < n:
-            x = x[ar[:, None], torch.rand(g, n, generator=gen, device=x.device).argsort(1)[:, :m]]
-            n = m
-        xn = (x * x).sum(-1)  # [G, N]
-        first = torch.randint(n, (g,), generator=gen, device=x.device)
-        cents = [x[ar, first]]
-        d2 = (xn - 2 * torch.bmm(x, cents[0][..., None]).squeeze(-1) + xn[ar, first][:, None]).clamp_min_(0)
-        for _ in range(1, k):
-            cdf = d2.cumsum(1)
-            total = cdf[:, -1:]
-            dead = total <= 0  # every point already is a centroid: pick uniformly
-            cdf = torch.where(dead, torch.arange(1, n + 1, device=x.device, dtype=cdf.dtype), cdf)
-            u = torch.rand(g, 1, generator=gen, device=x.device) * cdf[:, -1:]
-            pick = torch.searchsorted(cdf, u).squeeze(1).clamp_max_(n - 1)
-            c = x[ar, pick]
-            cents.append(c)
-            dc = (xn - 2 * torch.bmm(x, c[..., None]).squeeze(-1) + xn[ar, pick][:, None]).clamp_min_(0)
-            d2 = torch.minimum(d2, dc)
-        return torch.stack(cents, 1)
-
     @torch.no_grad()
     def fit(self, vectors: torch.Tensor, mask: Optional[torch.Tensor] = None) -> "MultiModalPQ":
         """Fit all ``M * n_sub`` codebooks on training behaviour vectors ``[..., M, d]`` (seeded k-means).
@@ -262,10 +186,10 @@ class MultiModalPQ(nn.Module):
         g, s, k = self.n_groups, self.sub_dim, self.n_centroids
         # [N, M, d] -> [M, n_sub, N, s] -> [G, N, s]
         xg = x.reshape(n, self.n_modalities, self.n_sub, s).permute(1, 2, 0, 3).reshape(g, n, s).contiguous()
-        c = self._init_centroids(xg, gen)
+        c = kmeans.init_centroids(xg, k, self.init, self.init_points_per_centroid, gen)
         ar = torch.arange(g, device=x.device)
         for _ in range(self.n_iter):
-            assign, dist = self._assign(xg, c)
+            assign, dist = kmeans.assign(xg, c, self.chunk_bytes)
             sums = torch.zeros(g, k, s, device=x.device).scatter_add_(1, assign[..., None].expand(-1, -1, s), xg)
             counts = torch.zeros(g, k, device=x.device).scatter_add_(1, assign, torch.ones_like(dist))
             new = sums / counts.clamp_min(1.0)[..., None]
@@ -296,7 +220,7 @@ class MultiModalPQ(nn.Module):
         n = x.shape[0]
         xg = x.permute(1, 2, 0, 3).reshape(self.n_groups, n, self.sub_dim)
         cb = self.codebooks.reshape(self.n_groups, self.n_centroids, self.sub_dim)
-        idx, _ = self._assign(xg, cb)  # [G, N]
+        idx, _ = kmeans.assign(xg, cb, self.chunk_bytes)  # [G, N]
         return idx.to(torch.uint8).t().reshape(*lead, self.n_modalities, self.n_sub)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
@@ -360,8 +284,30 @@ class MultiModalPQ(nn.Module):
             out = out * w
         return out
 
-    def _use_compile(self) -> bool:
-        return self.backend != "eager" and not self._compile_failed
+    def resolved_backend(self, device: torch.device, for_topk: bool = False) -> str:
+        """The scorer that runs for tensors on ``device``: ``torch``, ``compile``, ``faiss4`` or ``faiss8``."""
+        b = {"eager": "torch"}.get(self.backend, self.backend)
+        if b == "auto":
+            cpu = torch.device(device).type == "cpu" and not torch.is_grad_enabled() and faiss_available()
+            if cpu and self.n_centroids <= 16:
+                return "faiss4"
+            return "faiss8" if cpu and for_topk else "torch"
+        if b == "compile" and self._compile_failed:
+            return "torch"
+        return b
+
+    def _faiss_tables(self, lut: torch.Tensor) -> np.ndarray:
+        return lut.detach().reshape(lut.shape[0], self.n_groups, self.n_centroids).float().cpu().numpy()
+
+    def scanner(self, codes: torch.Tensor, backend: str = "faiss4") -> FaissScanner:
+        """A faiss index over one history's codes ``[L, M, n_sub]``: cache it per history and search it with
+        ``search(lut[b].reshape(G, K), k)``, or ``search_query(fused_target.repeat(M), k)`` (faiss builds the table)."""
+        self._check_fitted("scanner")
+        self._check_codes(codes, "scanner")
+        if backend not in FAISS_BACKENDS or (backend == "faiss4" and self.n_centroids > 16):
+            raise ValueError(f"MultiModalPQ.scanner: backend must be faiss4 (n_centroids <= 16) or faiss8, got {backend}")
+        cb = self.codebooks.reshape(self.n_groups, self.n_centroids, -1).cpu().numpy()
+        return FaissScanner(codes.reshape(-1, self.n_groups).cpu().numpy(), 4 if backend == "faiss4" else 8, cb)
 
     def score(self, lut: torch.Tensor, codes: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Approximate scores ``[B, L]``: the sum over (modality, sub-space) of table entries gathered by the codes.
@@ -386,17 +332,22 @@ class MultiModalPQ(nn.Module):
         flat = lut.reshape(b, self.n_groups * k).float()
         codes = codes.reshape(b, l, self.n_groups)
         offsets = self._offsets.to(codes.device)
-        out = None
-        if self._use_compile():
+        out, backend = None, self.resolved_backend(codes.device)
+        if backend in FAISS_BACKENDS:
+            tables, cnp = self._faiss_tables(flat), codes.cpu().numpy()
+            out = torch.from_numpy(np.stack([FaissScanner(cnp[i], 4 if backend == "faiss4" else 8).scores(tables[i])
+                                             for i in range(b)]) if b else np.zeros((0, l), np.float32))
+            out = out.to(codes.device)
+        elif backend == "compile":
             try:
-                out = _compiled_gather_sum()(flat, codes, offsets, self.lut_dtype)
+                out = compiled_gather_sum()(flat, codes, offsets, self.lut_dtype)
             except Exception:  # no C++ toolchain, unsupported dtype, ...: fall back to eager
                 if self.backend == "compile":
                     raise
                 self._compile_failed = True
         if out is None:
             step = max(1, 8 * self.chunk_bytes // (8 * self.n_groups * b))
-            out = torch.cat([_gather_sum(flat, codes[:, s:s + step], offsets, self.lut_dtype)
+            out = torch.cat([gather_sum(flat, codes[:, s:s + step], offsets, self.lut_dtype)
                              for s in range(0, l, step)], 1)
         if mask is not None:
             out = out.masked_fill(~mask.bool(), float("-inf"))
@@ -408,8 +359,24 @@ class MultiModalPQ(nn.Module):
 
         Where fewer than k behaviours are real, the tail holds padded positions with score -inf.
         """
-        s = self.score(self.lut(target), codes, mask)
-        return s.topk(min(k, s.shape[1]), dim=1)
+        backend = self.resolved_backend(codes.device, for_topk=True)
+        if backend not in FAISS_BACKENDS:
+            s = self.score(self.lut(target), codes, mask)
+            return s.topk(min(k, s.shape[1]), dim=1)
+        self._check_codes(codes, "topk")
+        b, l = codes.shape[:2]
+        k = min(k, l)
+        m = torch.ones(b, l, dtype=torch.bool) if mask is None else mask.bool().cpu()
+        t = target.sum(1) if target.dim() == 3 else target
+        vals, idx = torch.full((b, k), float("-inf")), torch.zeros(b, k, dtype=torch.long)
+        for i in range(b):
+            rows = m[i].nonzero().squeeze(1)
+            sc = self.scanner(codes[i, rows], backend)
+            d, j = sc.search_query(t[i].detach().float().cpu().repeat(self.n_modalities).numpy(), k)
+            n = len(j)
+            vals[i, :n], idx[i, :n] = torch.from_numpy(d), rows[torch.from_numpy(j)]
+            idx[i, n:] = (~m[i]).nonzero().squeeze(1)[: k - n]  # padding fills the tail, as the torch path does
+        return vals.to(codes.device), idx.to(codes.device)
 
     @staticmethod
     def exact_score(target: torch.Tensor, vectors: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:

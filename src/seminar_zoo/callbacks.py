@@ -33,6 +33,22 @@ def stop_signal(exception: BaseException) -> Optional[int]:
     return None
 
 
+def _on_sigterm(signum, frame) -> None:
+    STOPPED["signal"] = int(signum)
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        # no Trainer is running (start-up, between SEMINAR's stages): stop here. While one runs,
+        # Lightning's own handler calls this one after flagging the trainer, which stops at the batch end.
+        raise SIGTERMException()
+
+
+def install_stop_handler() -> None:
+    """SIGTERM stops the run with exit 143 at any point, not only inside ``Trainer.fit``."""
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 class ThroughputMonitor(Callback):
     """Training rows per second of pure training time (validation excluded)."""
 

@@ -18,6 +18,7 @@ import importlib
 import json
 import os
 import resource
+import signal
 import sys
 import time
 from pathlib import Path
@@ -97,7 +98,9 @@ def _make_cli_class():
 
         def instantiate_trainer(self, **kwargs):
             self.throughput = ThroughputMonitor()
-            extra = kwargs.pop("callbacks", None) or []
+            # --trainer.callbacks from the command line / config, which a callbacks kwarg would replace
+            extra = [*(self._get(self.config_init, "trainer", default={}).get("callbacks") or []),
+                     *(kwargs.pop("callbacks", None) or [])]
             return super().instantiate_trainer(callbacks=[*extra, self.throughput], **kwargs)
 
         def _instantiate_trainer(self, config, callbacks):
@@ -342,6 +345,10 @@ def check_data_main(argv: List[str]) -> None:
 
 # --------------------------------------------------------------------------- entry point
 def _run_verb(verb: str, rest: List[str], argv: List[str]) -> None:
+    if verb in LIGHTNING_VERBS + ("experiment",):
+        from .callbacks import install_stop_handler
+
+        install_stop_handler()
     if verb in LIGHTNING_VERBS:
         if not any(a in ("-h", "--help", "--print_config") or a.startswith("--print_config=") for a in rest):
             from .runguard import preflight
@@ -381,6 +388,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     except (SystemExit, KeyboardInterrupt, Exception) as e:
         from .runguard import config_error
 
+        if isinstance(e, KeyboardInterrupt) and "seminar_zoo.callbacks" in sys.modules:
+            sys.modules["seminar_zoo.callbacks"].STOPPED["signal"] = int(signal.SIGINT)
         _exit_if_stopped(verb, rest)
         msg = None if isinstance(e, (SystemExit, KeyboardInterrupt)) else config_error(e)
         if msg is None:

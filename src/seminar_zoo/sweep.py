@@ -56,6 +56,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -63,7 +64,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
-SEED_KEYS = ("seed_everything",)
 _DISCRETE = ("values", "value")
 _ENVVAR = re.compile(r"\$\{envvar:([A-Za-z0-9_]*)\}")
 
@@ -347,7 +347,8 @@ def build_command(spec: dict, point: Dict[str, Any], run_dir: Path, data_path: O
         raise SweepError(f"{spec['file']}: the offline runner needs a `seminar-zoo experiment ...` command "
                          "(it sets --run_dir and reads RUN/metrics.json)")
     cmd = _resolve_config_paths(_strip_run_dir(cmd), Path(spec["file"]))
-    cmd += ["--run_dir", str(run_dir)]
+    # --resume: a point stopped by a kill continues from its last.ckpt when the sweep is rerun
+    cmd += ["--run_dir", str(run_dir), "--resume"]
     if data_path:
         cmd += ["--data.path", str(data_path)]
     return cmd + list(overrides)
@@ -477,21 +478,39 @@ def run_sweep(file: os.PathLike, out: Optional[os.PathLike] = None, data_path: O
 
 
 def _subprocess_runner(cmd: List[str], env: dict, log: Path) -> int:
-    """Run one point; if the sweep itself is interrupted (Ctrl-C, SIGTERM), stop the point too."""
+    """Run one point in its own process group (DDP workers included); if the sweep is interrupted
+    (Ctrl-C, SIGTERM) the whole group is stopped, and if the sweep dies (SIGKILL) the kernel
+    sends the point SIGTERM (``PR_SET_DEATHSIG``, Linux), so no run trains on unowned."""
     with open(log, "w") as fh:
         fh.write("$ " + " ".join(cmd) + "\n")
         fh.flush()
-        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, preexec_fn=_die_with_parent)
         try:
             return proc.wait()
         except BaseException:
-            proc.terminate()
+            _signal_group(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                _signal_group(proc.pid, signal.SIGKILL)
                 proc.wait()
             raise
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the sweep process dies (Linux prctl PR_SET_DEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_DEATHSIG
 
 
 def _sigterm_to_interrupt(signum, frame):
@@ -513,7 +532,6 @@ def main(argv: Optional[List[str]] = None) -> dict:
     ap.add_argument("--seed", type=int, default=0, help="seed of a random sweep's sampler")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     a, rest = ap.parse_known_args(argv)
-    import signal
     import threading
 
     main_thread = threading.current_thread() is threading.main_thread()

@@ -363,6 +363,3 @@ def write_dataset(out, items: Dict[str, object], events: Dict[str, np.ndarray], 
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return Path(out)
 
-
-def list_attr_cols(meta: dict) -> List[str]:
-    return list(meta.get("attr_cols", []))

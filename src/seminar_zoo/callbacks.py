@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from contextlib import contextmanager
 from typing import Optional
 
 import pytorch_lightning as pl
@@ -41,12 +42,20 @@ def _on_sigterm(signum, frame) -> None:
         raise SIGTERMException()
 
 
-def install_stop_handler() -> None:
+@contextmanager
+def stop_handler():
     """SIGTERM stops the run with exit 143 at any point, not only inside ``Trainer.fit``."""
     import threading
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    STOPPED.update(signal=None, checkpoint=None)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 class ThroughputMonitor(Callback):

@@ -346,18 +346,11 @@ def check_data_main(argv: List[str]) -> None:
 # --------------------------------------------------------------------------- entry point
 def _run_verb(verb: str, rest: List[str], argv: List[str]) -> None:
     if verb in LIGHTNING_VERBS + ("experiment",):
-        from .callbacks import install_stop_handler
+        from .callbacks import stop_handler
 
-        install_stop_handler()
-    if verb in LIGHTNING_VERBS:
-        if not any(a in ("-h", "--help", "--print_config") or a.startswith("--print_config=") for a in rest):
-            from .runguard import preflight
-
-            preflight(rest)
-        lightning_main(argv)
-    elif verb == "experiment":
-        experiment_main(rest)
-    elif verb == "prepare":
+        with stop_handler():
+            return _run_training_verb(verb, rest, argv)
+    if verb == "prepare":
         prepare_main(rest)
     elif verb == "check-data":
         check_data_main(rest)
@@ -369,6 +362,17 @@ def _run_verb(verb: str, rest: List[str], argv: List[str]) -> None:
         _dispatch(f"seminar_zoo.bench.{rest[0]}", rest[1:], f"bench {rest[0]}")
     else:
         raise UsageExit(f"seminar-zoo: error: unknown command '{verb}' (see seminar-zoo --help)")
+
+
+def _run_training_verb(verb: str, rest: List[str], argv: List[str]) -> None:
+    if verb in LIGHTNING_VERBS:
+        if not any(a in ("-h", "--help", "--print_config") or a.startswith("--print_config=") for a in rest):
+            from .runguard import preflight
+
+            preflight(rest)
+        lightning_main(argv)
+    else:
+        experiment_main(rest)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .data.schema import DatasetError
+from .runguard import UsageExit, check_data_main, quiet_startup
 
 LIGHTNING_VERBS = ("fit", "validate", "test", "predict")
 
@@ -111,25 +112,6 @@ def _make_cli_class():
             return super()._instantiate_trainer(config, [*callbacks, last])
 
     return ZooCLI
-
-
-def _quiet_warnings() -> None:
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*litlogger.*")
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # torch vs Lightning
-    os.environ.setdefault("WANDB_SILENT", "true")
-    import logging
-
-    class _NoTip(logging.Filter):
-        def filter(self, record):  # Lightning's "Tip: ... install litlogger" advert on every start
-            return "litlogger" not in str(record.msg)
-
-    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
-                 "lightning.pytorch.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_NoTip())
 
 
 def lightning_main(args: Optional[List[str]] = None):
@@ -312,14 +294,6 @@ def prepare_main(argv: List[str]) -> None:
     _dispatch(f"seminar_zoo.data.prepare.{which}", rest, f"prepare {which}")
 
 
-class UsageExit(SystemExit):
-    """A usage error: message on stderr, exit code 2."""
-
-    def __init__(self, msg: str):
-        print(msg, file=sys.stderr)
-        super().__init__(2)
-
-
 def _dispatch(module: str, argv: List[str], verb: str):
     try:
         mod = importlib.import_module(module)
@@ -328,19 +302,6 @@ def _dispatch(module: str, argv: List[str], verb: str):
             raise UsageExit(f"seminar-zoo: error: unknown command '{verb}' (see seminar-zoo --help)")
         raise
     return mod.main(argv)
-
-
-def check_data_main(argv: List[str]) -> None:
-    from .data.schema import validate_dataset
-
-    ap = argparse.ArgumentParser(prog="seminar-zoo check-data", allow_abbrev=False,
-                                 description="Validate dataset folders against the contract (DESIGN.md): every "
-                                             "file, column, row and meta.json count. Exit 0 if all are valid, 2 "
-                                             "with a message naming file, column and row otherwise.")
-    ap.add_argument("paths", nargs="+", metavar="DIR", help="prepared dataset folder(s)")
-    for d in ap.parse_args(argv).paths:
-        t = validate_dataset(d)
-        print(f"{d}: ok ({t.meta.get('n_users')} users, {t.n_items} items, {len(t.events['user_id'])} events)")
 
 
 # --------------------------------------------------------------------------- entry point
@@ -377,7 +338,7 @@ def _run_training_verb(verb: str, rest: List[str], argv: List[str]) -> None:
 
 def main(argv: Optional[List[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    _quiet_warnings()
+    quiet_startup()
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         if not argv:

@@ -11,7 +11,9 @@
 """
 from __future__ import annotations
 
+import argparse
 import fcntl
+import logging
 import os
 import shlex
 import shutil
@@ -213,3 +215,43 @@ def resume_command(argv: List[str], verb: str) -> str:
         out.append(a)
     out += ["--resume"] if verb == "experiment" else ["--ckpt_path", "last"]
     return "seminar-zoo " + " ".join(shlex.quote(a) for a in [verb, *out])
+
+
+def quiet_startup() -> None:
+    """Drop start-up noise (warnings about our own choices, Lightning's litlogger advert)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*litlogger.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # torch vs Lightning
+    os.environ.setdefault("WANDB_SILENT", "true")
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
+                 "lightning.pytorch.utilities.rank_zero"):
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _NoTip) for f in lg.filters):
+            lg.addFilter(_NoTip())
+
+
+class _NoTip(logging.Filter):
+    def filter(self, record):  # Lightning's "Tip: ... install litlogger" advert on every start
+        return "litlogger" not in str(record.msg)
+
+
+class UsageExit(SystemExit):
+    """A usage error: message on stderr, exit code 2."""
+
+    def __init__(self, msg: str):
+        print(msg, file=sys.stderr)
+        super().__init__(2)
+
+
+def check_data_main(argv: List[str]) -> None:
+    ap = argparse.ArgumentParser(prog="seminar-zoo check-data", allow_abbrev=False,
+                                 description="Validate dataset folders against the contract (DESIGN.md): every "
+                                             "file, column, row and meta.json count. Exit 0 if all are valid, 2 "
+                                             "with a message naming file, column and row otherwise.")
+    ap.add_argument("paths", nargs="+", metavar="DIR", help="prepared dataset folder(s)")
+    for d in ap.parse_args(argv).paths:
+        t = validate_dataset(d)
+        print(f"{d}: ok ({t.meta.get('n_users')} users, {t.n_items} items, {len(t.events['user_id'])} events)")

@@ -52,7 +52,7 @@ class Tables:
 def _err(file: str, column: Optional[str], row: Optional[int], msg: str) -> DatasetError:
     where = file
     if column is not None:
-        where += f", column '{column}'"
+        where += f", {'key' if file.endswith(META) else 'column'} '{column}'"
     if row is not None:
         where += f", row {row}"
     return DatasetError(f"{where}: {msg}")

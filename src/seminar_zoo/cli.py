@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from .data.schema import DatasetError
+from .data.schema import DatasetError, dataset_fingerprint
 from .runguard import UsageExit, check_data_main, quiet_startup
 
 LIGHTNING_VERBS = ("fit", "validate", "test", "predict")
@@ -240,6 +240,7 @@ def _run_experiment(run_dir: Path, rest: List[str], label: Optional[str], resume
         "model": type(model).__name__,
         "dataset": dm.data_meta["name"],
         "data_path": str(dm.path),
+        "data_fingerprint": dataset_fingerprint(dm.meta),
         "protocol": hp.protocol,
         "seed": int(cli.config.seed_everything) if cli.config.seed_everything is not None else None,
         "n_eval_negatives": hp.n_eval_negatives if hp.protocol == "ranking" else None,

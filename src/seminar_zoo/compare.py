@@ -94,9 +94,26 @@ def collect(paths: Iterable[os.PathLike]) -> List[Dict[str, Any]]:
             order = [k for k in allp if k not in SEED_KEYS]
             params = {k: allp[k] for k in order}
             seed = next((allp[k] for k in SEED_KEYS if k in allp), seed)
+        m = {**m, "dataset": _fingerprint(m)}
         recs.append({"metrics": m, "run_dir": str(f.parent), "label": m.get("name") or m.get("model") or f.parent.name,
                      "params": params, "param_order": order, "sweep": sweep, "seed": seed})
     return recs
+
+
+def _fingerprint(m: Dict[str, Any]) -> Optional[str]:
+    """The run's dataset told apart by its meta.json counts and generator arguments (recorded by
+    ``experiment`` as ``data_fingerprint``, else read from ``data_path``), else its name."""
+    if m.get("data_fingerprint"):
+        return m["data_fingerprint"]
+    meta = Path(str(m.get("data_path"))) / "meta.json"
+    if m.get("data_path") and meta.is_file():
+        from .data.schema import dataset_fingerprint
+
+        try:
+            return dataset_fingerprint(json.loads(meta.read_text()))
+        except ValueError:
+            pass
+    return m.get("dataset")
 
 
 # --------------------------------------------------------------------------- grouping

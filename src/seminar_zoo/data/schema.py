@@ -291,6 +291,17 @@ def _validate(path: Path) -> Tables:
     return Tables(meta, item_attr, _pad(item_text), _pad(item_image), _pad(query_text), ev)
 
 
+def dataset_fingerprint(meta: dict) -> str:
+    """``NAME (U users, I items, E events; HASH)``: what tells two datasets apart in a table. HASH
+    covers meta.json's counts, seed, source and generator arguments, not the files' bytes."""
+    import hashlib
+
+    keys = ("name", "n_users", "n_items", "n_events", "n_queries", "seed", "source", "generator", "modalities")
+    h = hashlib.sha1(json.dumps({k: meta.get(k) for k in keys}, sort_keys=True, default=str).encode()).hexdigest()
+    return (f"{meta.get('name', '?')} ({meta.get('n_users', '?')} users, {meta.get('n_items', '?')} items, "
+            f"{meta.get('n_events', '?')} events; {h[:6]})")
+
+
 def _pad(mat: Optional[np.ndarray]) -> Optional[np.ndarray]:
     """Prepend the padding row so row i is id i."""
     if mat is None:

@@ -224,6 +224,7 @@ def quiet_startup() -> None:
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*litlogger.*")
+    warnings.filterwarnings("ignore", message=".*have no `validation_step`.*")  # PSU stage: no val loop by design
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # torch vs Lightning
     os.environ.setdefault("WANDB_SILENT", "true")
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",

@@ -64,9 +64,9 @@ def _best_state(run):
         sorted(p.name for p in (run / "checkpoints").iterdir())
 
 
-def test_sigkill_then_resume_restores_best_checkpoint_exactly(tiny_data, tmp_path):
+def test_sigkill_then_resume_restores_best_checkpoint_exactly(tiny_data, tmp_path, capsys):
     base = ["fit", "--model", "DIN", "--data.path", str(tiny_data), "--model.init_args.dropout", "0.3",
-            "--trainer.max_epochs", "3", *SMALL]
+            "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "8", *SMALL]
     _cli(base + ["--trainer.default_root_dir", str(tmp_path / "a")], tmp_path)
     # SIGKILL at the start of epoch 2: epoch 1's best-* and last.ckpt are written, nothing after
     _cli(base + ["--trainer.default_root_dir", str(tmp_path / "b"), *_kill_cb(epoch=2, sig=9)], tmp_path, rc=-9)
@@ -80,6 +80,13 @@ def test_sigkill_then_resume_restores_best_checkpoint_exactly(tiny_data, tmp_pat
         assert wa["epoch"] == wb["epoch"]
         for k in wa["state_dict"]:
             assert torch.equal(wa["state_dict"][k], wb["state_dict"][k]), (name, k)
+    # `test` of the best checkpoint writes metrics.json to the run folder, not into checkpoints/
+    code, _ = _main(["test", "--model", "DIN", "--data.path", str(tiny_data), *SMALL,
+                     "--ckpt_path", str(tmp_path / "b/checkpoints" / b[0])], capsys)
+    assert code in (0, None)
+    m = json.loads((tmp_path / "b/metrics.json").read_text())
+    assert m["checkpoint"].endswith(b[0]) and 0 <= m["test/auc"] <= 1
+    assert not (tmp_path / "b/checkpoints/metrics.json").exists()
 
 
 def test_sigterm_in_seminar_experiment_saves_stage_and_resumes(tiny_data, tmp_path):
@@ -112,9 +119,12 @@ def _main(argv, capsys):
     """Run the CLI in-process; returns (exit code, stderr)."""
     from seminar_zoo.cli import main
 
-    with pytest.raises(SystemExit) as e:
+    try:
         main(argv)
-    return e.value.code, capsys.readouterr().err
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
 
 
 def test_concurrent_run_dir_is_refused(tiny_data, tmp_path, capsys):

@@ -194,14 +194,9 @@ def experiment_main(argv: List[str]) -> dict:
     preflight(rest)
     run_dir = Path(os.path.expandvars(known.run_dir))  # wandb agent: runs/sweeps/x/$WANDB_RUN_ID
     folder = RunFolder(run_dir, overwrite=known.overwrite, resume=resume)
-    with folder:
-        stages = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("*/checkpoints/last.ckpt")]
-        if not resume and not known.overwrite and any(p.exists() for p in stages):
-            from .runguard import UsageError
+    from .callbacks import stop_handler
 
-            folder.release()
-            raise UsageError(f"--run_dir {run_dir}: holds an interrupted run ({stages[0].parent}); pass --resume "
-                             "to continue it or --overwrite to start over")
+    with folder, stop_handler():
         try:
             return _run_experiment(run_dir, rest, known.name, resume)
         except BaseException as e:
@@ -307,12 +302,18 @@ def _dispatch(module: str, argv: List[str], verb: str):
 
 # --------------------------------------------------------------------------- entry point
 def _run_verb(verb: str, rest: List[str], argv: List[str]) -> None:
-    if verb in LIGHTNING_VERBS + ("experiment",):
+    if verb in LIGHTNING_VERBS:
+        if not any(a in ("-h", "--help", "--print_config") or a.startswith("--print_config=") for a in rest):
+            from .runguard import preflight
+
+            preflight(rest)  # before torch/Lightning are even imported
         from .callbacks import stop_handler
 
         with stop_handler():
-            return _run_training_verb(verb, rest, argv)
-    if verb == "prepare":
+            lightning_main(argv)
+    elif verb == "experiment":
+        experiment_main(rest)
+    elif verb == "prepare":
         prepare_main(rest)
     elif verb == "check-data":
         check_data_main(rest)
@@ -324,17 +325,6 @@ def _run_verb(verb: str, rest: List[str], argv: List[str]) -> None:
         _dispatch(f"seminar_zoo.bench.{rest[0]}", rest[1:], f"bench {rest[0]}")
     else:
         raise UsageExit(f"seminar-zoo: error: unknown command '{verb}' (see seminar-zoo --help)")
-
-
-def _run_training_verb(verb: str, rest: List[str], argv: List[str]) -> None:
-    if verb in LIGHTNING_VERBS:
-        if not any(a in ("-h", "--help", "--print_config") or a.startswith("--print_config=") for a in rest):
-            from .runguard import preflight
-
-            preflight(rest)
-        lightning_main(argv)
-    else:
-        experiment_main(rest)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -96,14 +96,6 @@ def _int_arg(args: dict, key: str, lo: int) -> Optional[int]:
 def preflight(argv: List[str], default_path: str = "runs/data/synthetic", warn=print) -> Dict[str, object]:
     """Validate what ``fit/validate/test/predict/experiment`` would load; raises UsageError/DatasetError."""
     args = effective_args(argv)
-    model = args.get("model")
-    if isinstance(model, str) and model.strip():
-        from .models import registry
-
-        names = sorted(registry())
-        short = model.rsplit(".", 1)[-1].lower()
-        if short not in {n.lower() for n in names}:
-            raise UsageError(f"--model {model}: unknown model; registered models: {', '.join(names)}")
     for key, lo in (("data.batch_size", 1), ("data.eval_batch_size", 1), ("data.max_len", 1),
                     ("data.n_eval_negatives", 1), ("data.train_negatives", 0), ("data.num_workers", 0),
                     ("data.train_window", 1), ("model.topk", 1), ("model.max_len", 1)):
@@ -115,6 +107,14 @@ def preflight(argv: List[str], default_path: str = "runs/data/synthetic", warn=p
     neg = _int_arg(args, "data.n_eval_negatives", 1)
     if neg is not None and neg >= tables.n_items:
         raise UsageError(f"--data.n_eval_negatives {neg}: the dataset has only {tables.n_items} items")
+    model = args.get("model")
+    if isinstance(model, str) and model.strip():  # last: the registry imports torch
+        from .models import registry
+
+        names = sorted(registry())
+        short = model.rsplit(".", 1)[-1].lower()
+        if short not in {n.lower() for n in names}:
+            raise UsageError(f"--model {model}: unknown model; registered models: {', '.join(names)}")
     topk = _int_arg(args, "model.topk", 1)
     max_len = _int_arg(args, "model.max_len", 1) or _int_arg(args, "data.max_len", 1)
     if topk is not None and max_len is not None and topk > max_len:
@@ -174,6 +174,12 @@ class RunFolder:
             self.release()
             raise UsageError(f"--run_dir {self.path}: holds a finished run (metrics.json); pass --overwrite "
                              "to replace it or choose another folder")
+        stopped = [p for p in [self.path / "checkpoints" / "last.ckpt", *self.path.glob("*/checkpoints/last.ckpt")]
+                   if p.exists()]
+        if stopped and not (self.resume or self.overwrite):
+            self.release()
+            raise UsageError(f"--run_dir {self.path}: holds an interrupted run ({stopped[0]}); pass --resume to "
+                             "continue it or --overwrite to start over")
         if self.overwrite:
             for p in self.path.iterdir():
                 if p.name != ".lock":

@@ -26,6 +26,7 @@ from typing import List, Optional
 
 from .data.schema import DatasetError, dataset_fingerprint
 from .runguard import UsageExit, check_data_main, quiet_startup
+from .runguard import atomic_json as _atomic_json
 
 LIGHTNING_VERBS = ("fit", "validate", "test", "predict")
 
@@ -150,12 +151,6 @@ class ExperimentContext:
         if self.resume:
             trainer.resume_from = str(ckpt_dir / "last.ckpt")
         return trainer
-
-
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float))
-    os.replace(tmp, path)
 
 
 EXPERIMENT_USAGE = """usage: seminar-zoo experiment --config CFG [--data.path DIR] --run_dir RUN [--name LABEL]

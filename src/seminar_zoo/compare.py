@@ -191,7 +191,8 @@ def fmt_stat(metric: str, stat) -> str:
     return f.format(mean) if n < 2 or math.isnan(std) else f"{f.format(mean)} ± {f.format(std)}"
 
 
-def _short(names: Sequence[str]) -> Dict[str, str]:
+def short_names(names: Sequence[str]) -> Dict[str, str]:
+    """Last dotted component of each parameter name, or the whole name where that is ambiguous."""
     last = [n.split(".")[-1] for n in names]
     return {n: (s if last.count(s) == 1 else n) for n, s in zip(names, last)}
 
@@ -218,7 +219,7 @@ def markdown_table(rows: List[Dict[str, Any]], metrics: Sequence[str], goal: Opt
                    header: bool = True) -> str:
     metrics = [m for m in metrics if any(m in g["stats"] for g in rows)]
     params = param_order(rows)
-    short = _short(params)
+    short = short_names(params)
     vary = [c for c in ("dataset", "protocol", "n_eval_negatives") if len({str(g[c]) for g in rows}) > 1]
     cols = ["model"] + [short[p] for p in params] + vary + ["n"] + [pretty(m) for m in metrics]
     best = {m: set(best_rows(rows, m, (goal or {}).get(m))) for m in metrics}
@@ -277,7 +278,7 @@ def _plt():
 
 
 def group_label(g: Dict[str, Any], params: Sequence[str]) -> str:
-    short = _short(params)
+    short = short_names(params)
     extra = [f"{short[p]}={_fmt_param(g['params'][p])}" for p in params if p in g["params"]]
     return "\n".join([str(g["label"])] + extra)
 
@@ -340,7 +341,7 @@ def plot_sweep(rows: List[Dict[str, Any]], path: Path, metrics: Sequence[str] = 
     params = param_order(swept)
     xp = next((p for p in params if all(_numeric(g["params"].get(p)) for g in swept if p in g["params"])), params[0])
     others = [p for p in params if p != xp]
-    short = _short(params)
+    short = short_names(params)
     xs_all = sorted({g["params"][xp] for g in swept if xp in g["params"]}, key=_sort_key)
     numeric = all(_numeric(v) for v in xs_all)
     ints = numeric and all(isinstance(v, int) for v in xs_all)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import logging
 import os
 import shlex
@@ -203,6 +204,13 @@ class RunFolder:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def atomic_json(path: Path, obj) -> None:
+    """Write JSON so a reader never sees half a file (a kill leaves the old file or the new one)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float))
+    os.replace(tmp, path)
 
 
 def resume_command(argv: List[str], verb: str) -> str:

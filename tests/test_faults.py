@@ -230,3 +230,19 @@ def test_killed_prepare_leaves_a_temp_folder_that_the_next_prepare_removes(tmp_p
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(p.name for p in out.parent.iterdir()) == sorted([".syn.tmp-%d-live" % os.getpid(), "syn"])
     assert (out / "meta.json").exists()
+
+
+def test_ctrl_c_mid_epoch_saves_last_and_prints_resume(tiny_data, tmp_path):
+    """SIGINT after batch 3 of epoch 0 (no epoch-end checkpoint yet): last.ckpt is written at that
+    batch, exit 130, and the printed command (fit ... --ckpt_path last) finishes the fit."""
+    run = tmp_path / "r"
+    base = ["fit", "--model", "DIN", "--data.path", str(tiny_data), "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "8", "--trainer.default_root_dir", str(run), *SMALL]
+    r = _cli(base + _kill_cb(epoch=0, batch=3, sig=int(signal.SIGINT)), tmp_path, rc=130)
+    c = _ckpt(run / "checkpoints" / "last.ckpt")
+    assert c["epoch"] == 0 and c["global_step"] == 4  # 4 optimizer steps done, the epoch unfinished
+    assert "Traceback" not in r.stderr
+    cmd = r.stderr.split("resume with:")[1].strip().splitlines()[0]
+    assert cmd.startswith("seminar-zoo fit ") and cmd.endswith("--ckpt_path last")
+    _cli(base + ["--ckpt_path", "last"], tmp_path)
+    assert _ckpt(run / "checkpoints" / "last.ckpt")["global_step"] == 8

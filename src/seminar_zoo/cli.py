@@ -267,6 +267,11 @@ def prepare_main(argv: List[str]) -> None:
     if not argv:
         raise UsageExit(PREPARE_USAGE + "\nseminar-zoo prepare: error: name a dataset")
     which, rest = argv[0], argv[1:]
+    out = next((rest[i + 1] for i, a in enumerate(rest[:-1]) if a == "--out"), None)
+    if out:  # a killed prepare's temp folder goes now, not after this one's long parse
+        from .data.schema import remove_stale_temp
+
+        remove_stale_temp(Path(out))
     if which == "synthetic":
         from .data.synthetic import generate
 

@@ -336,6 +336,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             sys.exit(2)
         return
     verb, rest = argv[0], argv[1:]
+    if "seminar_zoo.callbacks" in sys.modules:  # main() called again in one process (tests)
+        sys.modules["seminar_zoo.callbacks"].STOPPED.update(signal=None, checkpoint=None)
     try:
         _run_verb(verb, rest, argv)
     except DatasetError as e:

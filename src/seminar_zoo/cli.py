@@ -331,9 +331,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     quiet_startup()
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
+        print(__doc__, file=sys.stdout if argv else sys.stderr)
         if not argv:
-            sys.exit(2)
+            sys.exit(2)  # no verb: a usage error
         return
     verb, rest = argv[0], argv[1:]
     if "seminar_zoo.callbacks" in sys.modules:  # main() called again in one process (tests)

@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg | cksum | cut -d' ' -f1)
 DEMO_DIR ?= runs/demo
+# make demo: 3 models, 1 epoch, small data (README: time measured); make demo DEMO_ARGS=--full: every model
+DEMO_ARGS ?=
 
 .PHONY: demo test install clean
 
@@ -21,7 +23,7 @@ $(STAMP): $(BIN)/python setup.cfg
 install: $(STAMP)
 
 demo: $(STAMP)
-	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/python experiments/demo.py --out $(DEMO_DIR)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/python experiments/demo.py --out $(DEMO_DIR) $(DEMO_ARGS)
 
 test: $(STAMP)
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q -x --durations=15 tests

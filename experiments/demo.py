@@ -1,8 +1,12 @@
-"""`make demo`: prepare the embedded synthetic dataset, run every model the zoo has, print a table.
+"""`make demo`: prepare a small synthetic dataset, run a few models, print a table, plot it.
 
-Models are discovered from the configs: baselines/*.yaml, then experiments/seminar.yaml and
-experiments/seminar_pq.yaml when they exist. Each runs as `seminar-zoo experiment` in its own
-run dir under --out; a finished run (metrics.json present) is reused unless --force.
+Default (under 3 minutes on 2 CPU cores): DIN, SIM (soft search) and SEMINAR, 1 epoch on
+300 users x 60 behaviours. ``--full``: every config (baselines/*.yaml, experiments/seminar*.yaml),
+2 epochs on 600 users x 100 behaviours (about an hour on a loaded 2-core machine).
+
+Each model runs as ``seminar-zoo experiment`` in ``OUT/runs/NAME`` (log: ``OUT/runs/NAME.log``);
+a finished run (metrics.json) is reused unless ``--force``. One line is printed as each model
+finishes; at the end the table (also ``OUT/table.md``) and ``OUT/compare.png`` (``seminar-zoo compare``).
 """
 from __future__ import annotations
 
@@ -14,66 +18,80 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 ROOT = Path(__file__).resolve().parents[1]
-COLUMNS = ("test/auc", "test/ndcg@10", "test/hr@10", "test/mrr")
+QUICK = ("din", "sim_soft", "seminar")
+QUICK_ARGS = dict(users=300, items=400, seq_len=60, epochs=1)
+FULL_ARGS = dict(users=600, items=800, seq_len=100, epochs=2)
 
 
-def discover_configs():
+def discover_configs(only=None):
     base = sorted(ROOT.glob("baselines/*.yaml"), key=lambda p: (not p.stem.startswith("din"), p.stem))
     extra = [ROOT / "experiments" / f for f in ("seminar.yaml", "seminar_pq.yaml")]
-    return [p for p in base + extra if p.exists()]
+    found = [p for p in base + extra if p.exists()]
+    if only:
+        found = sorted((p for p in found if p.stem in only), key=lambda p: list(only).index(p.stem))
+    return found
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("--out", default="runs/demo")
-    ap.add_argument("--users", type=int, default=600)
-    ap.add_argument("--items", type=int, default=800)
-    ap.add_argument("--seq-len", type=int, default=100)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--full", action="store_true", help="every model, bigger data, 2 epochs")
+    ap.add_argument("--users", type=int)
+    ap.add_argument("--items", type=int)
+    ap.add_argument("--seq-len", type=int)
+    ap.add_argument("--epochs", type=int)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only", nargs="*", help="config stems to run (default: all)")
-    ap.add_argument("--force", action="store_true")
+    ap.add_argument("--only", nargs="*", help="config stems to run (default: quick set, or all with --full)")
+    ap.add_argument("--force", action="store_true", help="rerun models that already have metrics.json")
     a = ap.parse_args(argv)
+    for k, v in (FULL_ARGS if a.full else QUICK_ARGS).items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
     out = Path(a.out)
+    t0 = time.time()
     data = out / "data" / f"synthetic-u{a.users}-i{a.items}-l{a.seq_len}-s{a.seed}"
     exe = [sys.executable, "-m", "seminar_zoo.cli"]
     if not (data / "meta.json").exists():
         subprocess.run(exe + ["prepare", "synthetic", "--out", str(data), "--users", str(a.users),
                               "--items", str(a.items), "--seq-len", str(a.seq_len), "--seed", str(a.seed)], check=True)
-    configs = [c for c in discover_configs() if not a.only or c.stem in a.only]
-    rows, t0 = [], time.time()
-    bar = tqdm(configs, desc="models", unit="model")
-    for cfg in bar:
-        name = cfg.stem
-        bar.set_postfix_str(name)
+    configs = discover_configs(a.only or (None if a.full else QUICK))
+    done, failed = [], []
+    print(f"[demo] {len(configs)} models, {a.epochs} epoch(s) each, logs in {out / 'runs'}", flush=True)
+    for i, cfg in enumerate(configs, 1):
+        name, t1 = cfg.stem, time.time()
         run_dir = out / "runs" / name
         mfile = run_dir / "metrics.json"
         if a.force or not mfile.exists():
             cmd = exe + ["experiment", "--config", str(cfg), "--data.path", str(data), "--run_dir", str(run_dir),
                          "--name", name, "--data.max_len", str(a.seq_len), "--trainer.max_epochs", str(a.epochs),
-                         "--seed_everything", str(a.seed), "--trainer.enable_progress_bar", "false"]
-            log = run_dir.parent / f"{name}.log"
+                         "--seed_everything", str(a.seed), "--trainer.enable_progress_bar", "false",
+                         "--overwrite" if mfile.exists() else "--resume"]
+            if name.startswith("seminar"):
+                cmd += ["--model.init_args.pretrain.epochs", str(a.epochs)]
+            log = out / "runs" / f"{name}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
             with open(log, "w") as f:
                 r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ})
             if r.returncode != 0:
-                tqdm.write(f"[demo] {name} failed (exit {r.returncode}); see {log}")
+                print(f"[demo] {i}/{len(configs)} {name}: FAILED (exit {r.returncode}); see {log}", flush=True)
+                failed.append(name)
                 continue
         m = json.loads(mfile.read_text())
-        rows.append(m)
-        tqdm.write(f"[demo] {name}: test AUC {m['test/auc']:.4f}  NDCG@10 {m['test/ndcg@10']:.4f}  "
-                   f"({m['fit_seconds']:.0f}s)")
-    print(f"\nSynthetic data: {a.users} users, {a.items} items, {a.seq_len} behaviours each; ranking protocol, "
-          f"target vs 99 sampled negatives; {a.epochs} epochs, seed {a.seed}; total {time.time() - t0:.0f}s\n")
-    print("| model | " + " | ".join(c.replace("test/", "") for c in COLUMNS) + " | fit s |")
-    print("|---" * (len(COLUMNS) + 2) + "|")
-    for m in rows:
-        print(f"| {m['name']} | " + " | ".join(f"{m.get(c, float('nan')):.4f}" for c in COLUMNS)
-              + f" | {m['fit_seconds']:.0f} |")
-    if len(rows) < len(configs):
+        done.append(run_dir)
+        print(f"[demo] {i}/{len(configs)} {name}: test AUC {m['test/auc']:.4f}  NDCG@10 {m['test/ndcg@10']:.4f}  "
+              f"({time.time() - t1:.0f}s, total {time.time() - t0:.0f}s)", flush=True)
+    if done:
+        sys.path.insert(0, str(ROOT / "src"))
+        from seminar_zoo.compare import compare
+
+        res = compare(done, out=out, metrics=["test/auc", "test/ndcg@10", "test/hr@10", "test/mrr", "fit_seconds"])
+        print(f"\nSynthetic data: {a.users} users, {a.items} items, {a.seq_len} behaviours each; ranking protocol "
+              f"(target vs 99 sampled negatives); {a.epochs} epoch(s), seed {a.seed}; total {time.time() - t0:.0f}s\n")
+        print(res["table"])
+        print("\n" + ", ".join(str(p) for p in res["files"].values()))
+    if failed:
         sys.exit(1)
 
 

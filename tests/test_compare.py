@@ -151,3 +151,28 @@ def test_protocols_differ_become_columns(tmp_path):
     table = C.markdown_table(rows, ["test/auc"])
     assert "| model | protocol | n_eval_negatives | n | AUC |" in table
     assert "ctr (labelled impressions" in table.splitlines()[0]
+
+
+def test_runs_on_different_datasets_are_not_merged(tmp_path):
+    """Same name "synthetic", different sizes: two groups, each size in the header (issue 15 §5)."""
+    from seminar_zoo.data.schema import dataset_fingerprint
+
+    base = {"name": "synthetic", "n_users": 200, "n_items": 300, "n_events": 9000, "generator": {"seq_len": 40}}
+    big = {**base, "n_users": 2000, "n_events": 90000}
+    for i, meta in enumerate((base, big)):
+        for s in (0, 1):
+            write_run(tmp_path / f"d{i}", "DIN", s, 0.6 + 0.1 * i, 0.3, data_fingerprint=dataset_fingerprint(meta))
+    # an old metrics.json without the field: fingerprinted from its data_path's meta.json
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "meta.json").write_text(json.dumps(big))
+    write_run(tmp_path / "old", "DIN", 2, 0.7, 0.3, data_path=str(data))
+    rows = C.summarize(C.collect([tmp_path]), ["test/auc"])
+    assert sorted(r["n"] for r in rows) == [2, 3]
+    by = {r["n"]: r for r in rows}
+    assert by[2]["stats"]["test/auc"][0] == pytest.approx(0.6)
+    assert by[3]["stats"]["test/auc"][0] == pytest.approx(0.7)
+    head = C.header_line(rows)
+    assert "synthetic (200 users, 300 items, 9000 events;" in head
+    assert "synthetic (2000 users, 300 items, 90000 events;" in head
+    assert dataset_fingerprint(base) != dataset_fingerprint({**base, "generator": {"seq_len": 41}})

@@ -5,7 +5,8 @@ import pytorch_lightning as pl
 
 from seminar_zoo.data.datamodule import LifelongSequenceDataModule
 from seminar_zoo.models.din import DIN
-from seminar_zoo.run_metrics import dataset_fingerprint, run_record, write_metrics
+from seminar_zoo.data.schema import dataset_fingerprint
+from seminar_zoo.run_metrics import run_record, write_metrics
 
 
 def test_record_fields_and_n_test(tiny_data, tmp_path):
@@ -20,7 +21,7 @@ def test_record_fields_and_n_test(tiny_data, tmp_path):
     assert rec["seed"] == 7 and rec["data_seed"] == 4 and rec["n_eval_negatives"] == 99
     assert rec["n_test"] == 60  # 2 batches of 30 lists (3000 rows) scored, not the 120 of the split
     assert rec["fit_seconds"] == 1.5 and "test/auc_pooled" in rec and "test/auc_pb" not in rec
-    assert rec["dataset"] == "synthetic" and rec["dataset_fingerprint"] == dataset_fingerprint(dm.meta)
+    assert rec["dataset"] == "synthetic" and rec["data_fingerprint"] == dataset_fingerprint(dm.meta)
     out = write_metrics(tmp_path / "run", rec)
     assert out == tmp_path / "run" / "metrics.json" and json.loads(out.read_text())["n_test"] == 60
 

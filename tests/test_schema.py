@@ -91,7 +91,7 @@ def test_zero_item_id_not_allowed(ds):
         a[5] = 0
         t["item_id"] = pa.array(a)
     _edit(ds / "events.parquet", f)
-    _expect(ds, "events.parquet", "'item_id'", "row 5", "0 is not allowed")
+    _expect(ds, "events.parquet", "'item_id'", "row 5", "id 0 is not allowed here")
 
 
 def test_unsorted_events(ds):

@@ -106,7 +106,7 @@ def test_build_command_expands_wandb_macros(tmp_path, monkeypatch):
     i = cmd.index("--model.init_args.lr=0.01")
     assert cmd[i + 1] == "--trainer.enable_progress_bar=False"  # ${args}: W&B's --key=value
     assert cmd[i + 2] == "--model.init_args.lr=0.01"  # ${args_no_boolean_flags} drops false booleans
-    assert cmd[-6:] == ["--run_dir", str(tmp_path / "run"), "--data.path", "/data", "--trainer.max_epochs", "1"]
+    assert cmd[-7:] == ["--run_dir", str(tmp_path / "run"), "--resume", "--data.path", "/data", "--trainer.max_epochs", "1"]
 
 
 def test_relative_config_resolved_from_the_sweep_files_repo(tmp_path, monkeypatch):

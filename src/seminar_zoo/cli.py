@@ -18,56 +18,33 @@ import importlib
 import json
 import os
 import resource
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import List, Optional
 
 from .data.schema import DatasetError
+from .runguard import UsageExit, check_data_main, quiet_startup
+from .runguard import atomic_json as _atomic_json
 
 LIGHTNING_VERBS = ("fit", "validate", "test", "predict")
 
 
 # --------------------------------------------------------------------------- LightningCLI
 def _make_cli_class():
-    from pytorch_lightning import Callback
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.cli import LightningCLI
 
+    from .callbacks import LastCheckpoint, ThroughputMonitor
     from .data.datamodule import LifelongSequenceDataModule
     from .models import RecModel
-
-    class ThroughputMonitor(Callback):
-        """Training rows per second of pure training time (validation excluded)."""
-
-        def __init__(self):
-            self.rows, self.seconds, self._t = 0, 0.0, None
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            self._t = time.perf_counter()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if self._t is not None:
-                self.seconds += time.perf_counter() - self._t
-                self.rows += int(batch["label"].shape[0]) * trainer.world_size
-
-    class LastCheckpoint(ModelCheckpoint):
-        """Writes ``last.ckpt`` after every training epoch (validation included), whether or not
-        the monitored metric improved, so ``fit --ckpt_path last`` always resumes the latest epoch."""
-
-        def __init__(self, dirpath: str):
-            super().__init__(dirpath=dirpath, monitor=None, save_top_k=0, save_last=True)
-
-        def on_train_epoch_end(self, trainer, pl_module):
-            if not self._should_skip_saving_checkpoint(trainer):
-                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-        def on_validation_end(self, trainer, pl_module):
-            pass
 
     class ZooCLI(LightningCLI):
         def __init__(self, *args, **kwargs):
             kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+            # "--trainer.max_epoch 1" must be an error, not silently max_epochs (subcommands inherit it)
+            kwargs.setdefault("parser_kwargs", {"allow_abbrev": False})
             kwargs.setdefault("seed_everything_default", 0)
             kwargs.setdefault("trainer_defaults", {
                 "max_epochs": 5,
@@ -104,32 +81,37 @@ def _make_cli_class():
                 cfg.trainer.callbacks = []
 
         def after_test(self) -> None:
-            """`seminar-zoo test` writes metrics.json into the run folder (trainer.default_root_dir)."""
+            """`seminar-zoo test` writes metrics.json to the run folder: --trainer.default_root_dir when
+            given, else the folder holding the checkpoint's ``checkpoints/`` (RUN/checkpoints/x.ckpt -> RUN)."""
             if not self.trainer.is_global_zero:
                 return
             from .run_metrics import run_record, write_metrics
 
             cfg = self._cfg()
+            ckpt = cfg.get("ckpt_path")
+            folder = Path(self.trainer.default_root_dir)
+            if ckpt and os.path.exists(str(ckpt)) and str(cfg.trainer.default_root_dir) == "runs/default":
+                folder = Path(ckpt).parent
+                folder = folder.parent if folder.name == "checkpoints" else folder
             rec = run_record(self.model, self.datamodule, self.trainer, self.trainer.callback_metrics,
-                             seed=cfg.get("seed_everything"), checkpoint=str(cfg.get("ckpt_path")))
-            write_metrics(Path(self.trainer.default_root_dir), rec)
+                             seed=cfg.get("seed_everything"), checkpoint=str(ckpt))
+            write_metrics(folder, rec)
 
         def instantiate_trainer(self, **kwargs):
             self.throughput = ThroughputMonitor()
-            extra = kwargs.pop("callbacks", None) or []
+            # --trainer.callbacks from the command line / config, which a callbacks kwarg would replace
+            extra = [*(self._get(self.config_init, "trainer", default={}).get("callbacks") or []),
+                     *(kwargs.pop("callbacks", None) or [])]
+            return super().instantiate_trainer(callbacks=[*extra, self.throughput], **kwargs)
+
+        def _instantiate_trainer(self, config, callbacks):
+            # last.ckpt must be written after the monitored ModelCheckpoint has recorded this epoch's
+            # best: Lightning keeps checkpoint callbacks in list order at the end of the list, so the
+            # last-checkpoint callback goes after the config's "checkpoint" one (issue 15 §2).
             last = LastCheckpoint(self._cfg().checkpoint.dirpath)
-            return super().instantiate_trainer(callbacks=[*extra, self.throughput, last], **kwargs)
+            return super()._instantiate_trainer(config, [*callbacks, last])
 
     return ZooCLI
-
-
-def _quiet_warnings() -> None:
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*litlogger.*")
-    os.environ.setdefault("WANDB_SILENT", "true")
 
 
 def lightning_main(args: Optional[List[str]] = None):
@@ -141,16 +123,17 @@ def lightning_main(args: Optional[List[str]] = None):
 class ExperimentContext:
     """What a multi-stage model's ``before_fit`` / ``before_test`` hooks may use."""
 
-    def __init__(self, run_dir: Path, cli, name: str):
-        self.run_dir, self.cli, self.name = run_dir, cli, name
+    def __init__(self, run_dir: Path, cli, name: str, resume: bool = False):
+        self.run_dir, self.cli, self.name, self.resume = run_dir, cli, name, resume
         self.datamodule = cli.datamodule
         self.trainer = cli.trainer
         self.config = cli.config
 
     def make_trainer(self, subdir: str, **overrides):
-        """A Trainer with the experiment's trainer settings, logging under ``run_dir/subdir``."""
-        import pytorch_lightning as pl
-
+        """A Trainer with the experiment's trainer settings, logging under ``run_dir/subdir``, writing
+        ``run_dir/subdir/checkpoints/last.ckpt`` each epoch and on SIGTERM/SIGINT; when the experiment
+        is resumed, its ``fit`` continues from that checkpoint."""
+        from .callbacks import LastCheckpoint, StageTrainer
         from .tracking import ZooWandbLogger
 
         t = self.config.trainer
@@ -160,32 +143,76 @@ class ExperimentContext:
                   limit_train_batches=t.limit_train_batches, enable_progress_bar=t.enable_progress_bar)
         kw["logger"] = ZooWandbLogger(save_dir=str(self.run_dir / subdir), name=f"{self.name}-{subdir}")
         kw.update(overrides)
-        return pl.Trainer(**kw)
+        ckpt_dir = self.run_dir / subdir / "checkpoints"
+        kw["enable_checkpointing"] = True  # the stage's own last.ckpt is what makes it resumable
+        kw["callbacks"] = [*(kw.get("callbacks") or []), LastCheckpoint(str(ckpt_dir))]
+        trainer = StageTrainer(**kw)
+        if self.resume:
+            trainer.resume_from = str(ckpt_dir / "last.ckpt")
+        return trainer
+
+
+EXPERIMENT_USAGE = """usage: seminar-zoo experiment --config CFG [--data.path DIR] --run_dir RUN [--name LABEL]
+                               [--resume | --overwrite] [LightningCLI fit overrides]
+
+Fits (for SEMINAR: PSU pretraining, then finetuning), tests the best checkpoint and writes
+RUN/metrics.json. RUN is locked while the run is live. A finished RUN (metrics.json) needs
+--overwrite; an interrupted one (checkpoints, no metrics) needs --resume (continue the stage that
+was stopped, from its last.ckpt) or --overwrite (start over). SIGTERM / Ctrl-C save last.ckpt,
+exit 143 / 130 and print the command that resumes.
+
+The fit options follow (seminar-zoo fit --help):
+"""
 
 
 def experiment_main(argv: List[str]) -> dict:
-    import torch
+    from .runguard import RunFolder, preflight
 
-    ap = argparse.ArgumentParser(prog="seminar-zoo experiment", add_help=False)
-    ap.add_argument("--run_dir", "--run-dir", dest="run_dir", required=True)
-    ap.add_argument("--name", default=None, help="label of this run in tables (default: the model class)")
-    ap.add_argument("-h", "--help", action="store_true")
-    known, rest = ap.parse_known_args(argv)
-    if known.help:
-        print("usage: seminar-zoo experiment --config CFG [--data.path DIR] --run_dir RUN [--name LABEL] [overrides]\n"
-              "Fits, tests the best checkpoint and writes RUN/metrics.json. Overrides are LightningCLI fit options.")
+    if any(a in ("-h", "--help") for a in argv):
+        print(EXPERIMENT_USAGE)
         lightning_main(["fit", "--help"])
         return {}
+    ap = argparse.ArgumentParser(prog="seminar-zoo experiment", add_help=False, allow_abbrev=False,
+                                 usage=EXPERIMENT_USAGE.split("\n\n")[0][7:])
+    ap.add_argument("--run_dir", "--run-dir", dest="run_dir", required=True)
+    ap.add_argument("--name", default=None, help="label of this run in tables (default: the model class)")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--ckpt_path", default=None)
+    known, rest = ap.parse_known_args(argv)
+    if known.ckpt_path not in (None, "last"):
+        ap.error("--ckpt_path: experiment resumes only from its own checkpoints: use --resume (= --ckpt_path last)")
+    resume = known.resume or known.ckpt_path == "last"
+    if resume and known.overwrite:
+        ap.error("--resume and --overwrite exclude each other")
+    preflight(rest)
     run_dir = Path(os.path.expandvars(known.run_dir))  # wandb agent: runs/sweeps/x/$WANDB_RUN_ID
-    run_dir.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(run_dir, overwrite=known.overwrite, resume=resume)
+    from .callbacks import stop_handler
+
+    with folder, stop_handler():
+        try:
+            return _run_experiment(run_dir, rest, known.name, resume)
+        except BaseException as e:
+            from .runguard import config_error
+
+            if isinstance(e, DatasetError) or config_error(e) is not None:
+                folder.discard_if_empty()
+            raise
+
+
+def _run_experiment(run_dir: Path, rest: List[str], label: Optional[str], resume: bool) -> dict:
+    import torch
+
     cls = _make_cli_class()
     cli = cls(args=["--trainer.default_root_dir", str(run_dir), *rest], run=False)
     model, dm, trainer = cli.model, cli.datamodule, cli.trainer
-    name = known.name or type(model).__name__
-    ctx = ExperimentContext(run_dir, cli, name)
+    name = label or type(model).__name__
+    ctx = ExperimentContext(run_dir, cli, name, resume=resume)
     t0 = time.time()
     model.before_fit(ctx)
-    trainer.fit(model, dm)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(model, dm, ckpt_path=str(last) if resume and last.exists() else None)
     fit_seconds = time.time() - t0
     ckpts = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
     best = ckpts[0].best_model_path if ckpts else ""
@@ -217,21 +244,34 @@ def experiment_main(argv: List[str]) -> dict:
 
 
 # --------------------------------------------------------------------------- prepare
+PREPARE_USAGE = "usage: seminar-zoo prepare {synthetic,movielens,kuaisar,amazon} --out DIR [...]"
+
+
 def prepare_main(argv: List[str]) -> None:
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: seminar-zoo prepare {synthetic,movielens,kuaisar,amazon} --out DIR [...]")
+    if argv and argv[0] in ("-h", "--help"):
+        print(PREPARE_USAGE + "\n\nBuild a dataset folder; see `seminar-zoo prepare NAME --help`.")
         return
+    if not argv:
+        raise UsageExit(PREPARE_USAGE + "\nseminar-zoo prepare: error: name a dataset")
     which, rest = argv[0], argv[1:]
+    out = next((rest[i + 1] for i, a in enumerate(rest[:-1]) if a == "--out"), None)
+    if out:  # a killed prepare's temp folder goes now, not after this one's long parse
+        from .data.schema import remove_stale_temp
+
+        remove_stale_temp(Path(out))
     if which == "synthetic":
         from .data.synthetic import generate
 
-        ap = argparse.ArgumentParser(prog="seminar-zoo prepare synthetic")
+        ap = argparse.ArgumentParser(prog="seminar-zoo prepare synthetic", allow_abbrev=False)
         ap.add_argument("--out", required=True)
         ap.add_argument("--users", type=int, default=2000)
         ap.add_argument("--items", type=int, default=2000)
         ap.add_argument("--seq-len", type=int, default=200)
         ap.add_argument("--seed", type=int, default=0)
         a = ap.parse_args(rest)
+        for k in ("users", "items", "seq_len"):
+            if getattr(a, k) < (3 if k == "seq_len" else 1):
+                ap.error(f"--{k.replace('_', '-')} must be >= {3 if k == 'seq_len' else 1}, got {getattr(a, k)}")
         generate(a.out, users=a.users, items=a.items, seq_len=a.seq_len, seed=a.seed, verbose=True)
         return
     _dispatch(f"seminar_zoo.data.prepare.{which}", rest, f"prepare {which}")
@@ -242,55 +282,103 @@ def _dispatch(module: str, argv: List[str], verb: str):
         mod = importlib.import_module(module)
     except ModuleNotFoundError as e:
         if e.name == module:
-            raise SystemExit(f"seminar-zoo: unknown command '{verb}'")
+            raise UsageExit(f"seminar-zoo: error: unknown command '{verb}' (see seminar-zoo --help)")
         raise
     return mod.main(argv)
 
 
 # --------------------------------------------------------------------------- entry point
+def _bench(rest: List[str]) -> None:
+    """Benchmarks live in the repository (experiments/bench/NAME.py), not in the package."""
+    import runpy
+
+    if rest and rest[0] in ("-h", "--help"):
+        print("usage: seminar-zoo bench NAME [options]: runs experiments/bench/NAME.py of a seminar-zoo "
+              "checkout (e.g. `seminar-zoo bench retrieval --help`)")
+        return
+    roots = [Path(__file__).resolve().parents[2], Path.cwd()]
+    files = [r / "experiments" / "bench" / f"{rest[0]}.py" for r in roots] if rest else []
+    found = [f for f in files if rest and rest[0].isidentifier() and f.is_file()]
+    if not found:
+        raise UsageExit(f"usage: seminar-zoo bench NAME [options], NAME a file experiments/bench/NAME.py of "
+                        f"the seminar-zoo repository (run from a checkout); not found: "
+                        f"{', '.join(map(str, files)) or 'no NAME given'}")
+    runpy.run_path(str(found[0]), run_name="seminar_zoo_bench")["main"](rest[1:])
+
+
+def _run_verb(verb: str, rest: List[str], argv: List[str]) -> None:
+    if verb in LIGHTNING_VERBS:
+        if not any(a in ("-h", "--help", "--print_config") or a.startswith("--print_config=") for a in rest):
+            from .runguard import preflight
+
+            preflight(rest)  # before torch/Lightning are even imported
+        from .callbacks import stop_handler
+
+        with stop_handler():
+            lightning_main(argv)
+    elif verb == "experiment":
+        experiment_main(rest)
+    elif verb == "prepare":
+        prepare_main(rest)
+    elif verb == "check-data":
+        check_data_main(rest)
+    elif verb in ("sweep", "compare"):
+        _dispatch(f"seminar_zoo.{verb}", rest, verb)
+    elif verb in ("export", "serve-bench"):
+        from . import serving
+
+        (serving.export_main if verb == "export" else serving.serve_bench_main)(rest)
+    elif verb == "bench":
+        _bench(rest)
+    else:
+        raise UsageExit(f"seminar-zoo: error: unknown command '{verb}' (see seminar-zoo --help)")
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    _quiet_warnings()
+    quiet_startup()
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
+        print(__doc__, file=sys.stdout if argv else sys.stderr)
+        if not argv:
+            sys.exit(2)  # no verb: a usage error
         return
     verb, rest = argv[0], argv[1:]
+    if "seminar_zoo.callbacks" in sys.modules:  # main() called again in one process (tests)
+        sys.modules["seminar_zoo.callbacks"].STOPPED.update(signal=None, checkpoint=None)
     try:
-        if verb in LIGHTNING_VERBS:
-            lightning_main(argv)
-        elif verb == "experiment":
-            experiment_main(rest)
-        elif verb == "prepare":
-            prepare_main(rest)
-        elif verb == "check-data":
-            from .data.schema import validate_dataset
-
-            for d in rest:
-                t = validate_dataset(d)
-                print(f"{d}: ok ({t.meta.get('n_users')} users, {t.n_items} items, {len(t.events['user_id'])} events)")
-        elif verb in ("sweep", "compare"):
-            _dispatch(f"seminar_zoo.{verb}", rest, verb)
-        elif verb in ("export", "serve-bench"):
-            from . import serving
-
-            (serving.export_main if verb == "export" else serving.serve_bench_main)(rest)
-        elif verb == "bench":
-            # benchmarks live in the repository (experiments/bench/NAME.py), not in the package
-            import runpy
-
-            roots = [Path(__file__).resolve().parents[2], Path.cwd()]
-            files = [r / "experiments" / "bench" / f"{rest[0]}.py" for r in roots] if rest else []
-            found = [f for f in files if rest and rest[0].isidentifier() and f.is_file()]
-            if not found:
-                raise SystemExit(f"usage: seminar-zoo bench NAME [options], NAME a file experiments/bench/NAME.py of "
-                                 f"the seminar-zoo repository (run from a checkout); not found: "
-                                 f"{', '.join(map(str, files)) or 'no NAME given'}")
-            runpy.run_path(str(found[0]), run_name="seminar_zoo_bench")["main"](rest[1:])
-        else:
-            raise SystemExit(f"seminar-zoo: unknown command '{verb}' (see seminar-zoo --help)")
+        _run_verb(verb, rest, argv)
     except DatasetError as e:
         print(f"seminar-zoo: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except (SystemExit, KeyboardInterrupt, Exception) as e:
+        from .runguard import config_error
+
+        if isinstance(e, KeyboardInterrupt) and "seminar_zoo.callbacks" in sys.modules:
+            sys.modules["seminar_zoo.callbacks"].STOPPED["signal"] = int(signal.SIGINT)
+        _exit_if_stopped(verb, rest)
+        msg = None if isinstance(e, (SystemExit, KeyboardInterrupt)) else config_error(e)
+        if msg is None:
+            raise
+        print(f"seminar-zoo: error: {msg}", file=sys.stderr)
+        sys.exit(2)
+    _exit_if_stopped(verb, rest)
+
+
+def _exit_if_stopped(verb: str, rest: List[str]) -> None:
+    """After SIGTERM / SIGINT: say where last.ckpt is and how to resume; exit 128 + signal."""
+    if "seminar_zoo.callbacks" not in sys.modules:
+        return
+    from .callbacks import STOPPED
+
+    sig = STOPPED["signal"]
+    if sig is None:
+        return
+    from .runguard import resume_command
+
+    where = f"; last checkpoint: {STOPPED['checkpoint']}" if STOPPED["checkpoint"] else ""
+    print(f"seminar-zoo: stopped by signal {sig}{where}\nresume with:\n  {resume_command(rest, verb)}",
+          file=sys.stderr, flush=True)
+    sys.exit(128 + sig)
 
 
 if __name__ == "__main__":

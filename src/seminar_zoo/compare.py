@@ -94,9 +94,26 @@ def collect(paths: Iterable[os.PathLike]) -> List[Dict[str, Any]]:
             order = [k for k in allp if k not in SEED_KEYS]
             params = {k: allp[k] for k in order}
             seed = next((allp[k] for k in SEED_KEYS if k in allp), seed)
+        m = {**m, "dataset": _fingerprint(m)}
         recs.append({"metrics": m, "run_dir": str(f.parent), "label": m.get("name") or m.get("model") or f.parent.name,
                      "params": params, "param_order": order, "sweep": sweep, "seed": seed})
     return recs
+
+
+def _fingerprint(m: Dict[str, Any]) -> Optional[str]:
+    """The run's dataset told apart by its meta.json counts and generator arguments (recorded by
+    ``experiment`` as ``data_fingerprint``, else read from ``data_path``), else its name."""
+    if m.get("data_fingerprint"):
+        return m["data_fingerprint"]
+    meta = Path(str(m.get("data_path"))) / "meta.json"
+    if m.get("data_path") and meta.is_file():
+        from .data.schema import dataset_fingerprint
+
+        try:
+            return dataset_fingerprint(json.loads(meta.read_text()))
+        except ValueError:
+            pass
+    return m.get("dataset")
 
 
 # --------------------------------------------------------------------------- grouping
@@ -174,7 +191,8 @@ def fmt_stat(metric: str, stat) -> str:
     return f.format(mean) if n < 2 or math.isnan(std) else f"{f.format(mean)} ± {f.format(std)}"
 
 
-def _short(names: Sequence[str]) -> Dict[str, str]:
+def short_names(names: Sequence[str]) -> Dict[str, str]:
+    """Last dotted component of each parameter name, or the whole name where that is ambiguous."""
     last = [n.split(".")[-1] for n in names]
     return {n: (s if last.count(s) == 1 else n) for n, s in zip(names, last)}
 
@@ -201,7 +219,7 @@ def markdown_table(rows: List[Dict[str, Any]], metrics: Sequence[str], goal: Opt
                    header: bool = True) -> str:
     metrics = [m for m in metrics if any(m in g["stats"] for g in rows)]
     params = param_order(rows)
-    short = _short(params)
+    short = short_names(params)
     vary = [c for c in ("dataset", "protocol", "n_eval_negatives") if len({str(g[c]) for g in rows}) > 1]
     cols = ["model"] + [short[p] for p in params] + vary + ["n"] + [pretty(m) for m in metrics]
     best = {m: set(best_rows(rows, m, (goal or {}).get(m))) for m in metrics}
@@ -260,7 +278,7 @@ def _plt():
 
 
 def group_label(g: Dict[str, Any], params: Sequence[str]) -> str:
-    short = _short(params)
+    short = short_names(params)
     extra = [f"{short[p]}={_fmt_param(g['params'][p])}" for p in params if p in g["params"]]
     return "\n".join([str(g["label"])] + extra)
 
@@ -323,7 +341,7 @@ def plot_sweep(rows: List[Dict[str, Any]], path: Path, metrics: Sequence[str] = 
     params = param_order(swept)
     xp = next((p for p in params if all(_numeric(g["params"].get(p)) for g in swept if p in g["params"])), params[0])
     others = [p for p in params if p != xp]
-    short = _short(params)
+    short = short_names(params)
     xs_all = sorted({g["params"][xp] for g in swept if xp in g["params"]}, key=_sort_key)
     numeric = all(_numeric(v) for v in xs_all)
     ints = numeric and all(isinstance(v, int) for v in xs_all)

@@ -1,8 +1,9 @@
 """The one ``metrics.json`` writer, shared by ``seminar-zoo test`` and ``experiment``.
 
 Both paths record the same fields, so ``seminar-zoo compare`` groups their runs alike:
-``model``, ``name``, ``dataset`` (name), ``dataset_fingerprint`` (hash of meta.json's
-counts and generator arguments), ``protocol``, ``n_eval_negatives`` (ranking only),
+``model``, ``name``, ``dataset`` (name), ``data_fingerprint`` (name, counts and a hash of
+meta.json's counts and generator arguments: :func:`~seminar_zoo.data.schema.dataset_fingerprint`),
+``protocol``, ``n_eval_negatives`` (ranking only),
 ``repeat_targets``, ``data_seed`` and ``seed`` (seed_everything), every ``test/*``
 metric, the model's extras, ``fit_seconds``, ``model_max_len`` (the model's own cut,
 None = all), ``data_max_len`` (what the DataModule gathers), ``max_len`` (the
@@ -10,19 +11,12 @@ effective one) and ``n_test`` (lists actually scored, over all processes).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Optional
 
-FINGERPRINT_KEYS = ("n_users", "n_items", "n_queries", "n_events", "generator", "seed", "source")
-
-
-def dataset_fingerprint(meta: dict) -> str:
-    """12 hex digits identifying a dataset by its counts (and generator arguments, if any)."""
-    key = {k: meta.get(k) for k in FINGERPRINT_KEYS if k in meta}
-    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+from .data.schema import dataset_fingerprint
 
 
 def run_record(model, dm, trainer, results: dict, seed: Optional[int], fit_seconds: Optional[float] = None,
@@ -35,7 +29,7 @@ def run_record(model, dm, trainer, results: dict, seed: Optional[int], fit_secon
         "model": type(model).__name__,
         "name": type(model).__name__,
         "dataset": dm.data_meta["name"],
-        "dataset_fingerprint": dataset_fingerprint(dm.meta),
+        "data_fingerprint": dataset_fingerprint(dm.meta),
         "data_path": str(dm.path),
         "protocol": hp.protocol,
         "n_eval_negatives": hp.n_eval_negatives if hp.protocol == "ranking" else None,

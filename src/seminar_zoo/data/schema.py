@@ -52,7 +52,7 @@ class Tables:
 def _err(file: str, column: Optional[str], row: Optional[int], msg: str) -> DatasetError:
     where = file
     if column is not None:
-        where += f", column '{column}'"
+        where += f", {'key' if file.endswith(META) else 'column'} '{column}'"
     if row is not None:
         where += f", row {row}"
     return DatasetError(f"{where}: {msg}")
@@ -79,7 +79,46 @@ def read_meta(path: Path) -> dict:
     bad = [m for m in meta["modalities"] if m not in ALL_MODALITIES]
     if bad:
         raise _err(str(f), "modalities", None, f"unknown modalities {bad}; allowed {list(ALL_MODALITIES)}")
+    _check_meta_keys(meta, str(f))
     return meta
+
+
+def _check_meta_keys(meta: dict, f: str) -> None:
+    """Keys the models read when they build their tables: present, with the right type."""
+    for key in ("n_items", "n_users"):
+        if key not in meta:
+            raise _err(f, key, None, "missing key")
+    for key in ("n_items", "n_users", "n_events", "n_queries"):
+        v = meta.get(key, 0)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise _err(f, key, None, f"must be a non-negative integer, got {v!r}")
+    dims = meta.get("dims", {})
+    if not isinstance(dims, dict):
+        raise _err(f, "dims", None, f"must be an object like {{\"text\": 384}}, got {dims!r}")
+    for mod in ("text", "image", "query"):
+        if mod in meta["modalities"]:
+            d = dims.get(mod)
+            if d is None:
+                raise _err(f, f"dims.{mod}", None, f"missing key (modality '{mod}' is declared, so its "
+                                                   "embedding width is needed)")
+            if not isinstance(d, int) or isinstance(d, bool) or d < 1:
+                raise _err(f, f"dims.{mod}", None, f"must be a positive integer, got {d!r}")
+    cols = meta.get("attr_cols", [])
+    card = meta.get("attr_cardinality", {})
+    if not isinstance(cols, list) or not isinstance(card, dict):
+        raise _err(f, "attr_cols" if not isinstance(cols, list) else "attr_cardinality", None,
+                   "attr_cols must be a list and attr_cardinality an object keyed by column")
+    for c in cols:
+        v = card.get(c)
+        if v is None:
+            raise _err(f, f"attr_cardinality.{c}", None, "missing key (every attr_cols entry needs a cardinality)")
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise _err(f, f"attr_cardinality.{c}", None, f"must be a non-negative integer, got {v!r}")
+
+
+def _check_count(meta: dict, key: str, actual: int, file: Path, what: str) -> None:
+    if key in meta and meta[key] != actual:
+        raise _err(str(file.parent / META), key, None, f"is {meta[key]} but {file.name} holds {actual} {what}")
 
 
 def _read_table(f: Path) -> pa.Table:
@@ -139,9 +178,28 @@ def _dense_ids(ids: np.ndarray, f: Path, col: str) -> None:
         raise _err(str(f), col, r, f"ids must be 1..{len(ids)} in order (0 is padding); found {ids[r]}")
 
 
+_LAST: Dict[str, object] = {}  # the last dataset validated: the CLI checks it before Lightning starts
+
+
+def _fingerprint(path: Path) -> tuple:
+    return tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.iterdir()) if f.is_file())
+
+
 def validate_dataset(path) -> Tables:
-    """Load and check a dataset folder; returns numpy tables or raises DatasetError."""
+    """Load and check a dataset folder; returns numpy tables or raises DatasetError.
+
+    The last result is kept (keyed by the files' sizes and mtimes), so the CLI's check before
+    Lightning starts and the DataModule's load read the files once."""
     path = Path(path)
+    key = (str(path.resolve()), _fingerprint(path)) if path.is_dir() else None
+    if key is not None and _LAST.get("key") == key:
+        return _LAST["tables"]
+    tables = _validate(path)
+    _LAST.update(key=key, tables=tables)
+    return tables
+
+
+def _validate(path: Path) -> Tables:
     if not path.is_dir():
         raise DatasetError(f"{path}: dataset folder does not exist")
     meta = read_meta(path)
@@ -153,9 +211,11 @@ def validate_dataset(path) -> Tables:
     item_ids = _int_column(t, f, "item_id")
     _dense_ids(item_ids, f, "item_id")
     attr_cols = sorted(c for c in t.column_names if c.startswith("attr_"))
-    if "attr_cols" in meta and list(meta["attr_cols"]) != attr_cols:
-        raise _err(str(f), None, None, f"attribute columns {attr_cols} disagree with meta.json attr_cols {meta['attr_cols']}")
+    if list(meta.get("attr_cols", [])) != attr_cols:
+        raise _err(str(f), None, None, f"attribute columns {attr_cols} disagree with meta.json attr_cols "
+                                       f"{meta.get('attr_cols', [])}")
     n = len(item_ids)
+    _check_count(meta, "n_items", n, f, "items")
     attrs = [np.zeros(n, np.int64)] if not attr_cols else []
     for c in attr_cols:
         a = _int_column(t, f, c)
@@ -182,6 +242,8 @@ def validate_dataset(path) -> Tables:
         qids = _int_column(tq, fq, "query_id")
         _dense_ids(qids, fq, "query_id")
         n_queries = len(qids)
+    if n_queries or "n_queries" in meta:  # the query table is sized by meta.json n_queries (default 0)
+        _check_count({"n_queries": 0, **meta}, "n_queries", n_queries, fq, "queries")
         if "query" in mods:
             query_text = _emb_column(tq, fq, "text_emb", dims.get("query"))
 
@@ -191,6 +253,7 @@ def validate_dataset(path) -> Tables:
     ev = {c: _int_column(te, fe, c) for c in EVENT_COLUMNS}
     if len(ev["user_id"]) == 0:
         raise _err(str(fe), None, None, "no events")
+    _check_count(meta, "n_events", len(ev["user_id"]), fe, "events")
     for col, hi, zero_ok in (("item_id", n, False), ("query_id", n_queries, True), ("user_id", None, False)):
         a = ev[col]
         lo = 0 if zero_ok else 1
@@ -198,7 +261,7 @@ def validate_dataset(path) -> Tables:
         if bad.any():
             r = _first(bad)
             rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-            why = "0 is not allowed here" if a[r] == 0 and not zero_ok else f"out of range {rng}"
+            why = "is not allowed here (0 is padding)" if a[r] == 0 and not zero_ok else f"is out of range {rng}"
             raise _err(str(fe), col, r, f"id {a[r]} {why}")
     lab = ev["label"]
     if ((lab != 0) & (lab != 1)).any():
@@ -228,6 +291,17 @@ def validate_dataset(path) -> Tables:
     return Tables(meta, item_attr, _pad(item_text), _pad(item_image), _pad(query_text), ev)
 
 
+def dataset_fingerprint(meta: dict) -> str:
+    """``NAME (U users, I items, E events; HASH)``: what tells two datasets apart in a table. HASH
+    covers meta.json's counts, seed, source and generator arguments, not the files' bytes."""
+    import hashlib
+
+    keys = ("name", "n_users", "n_items", "n_events", "n_queries", "seed", "source", "generator", "modalities")
+    h = hashlib.sha1(json.dumps({k: meta.get(k) for k in keys}, sort_keys=True, default=str).encode()).hexdigest()
+    return (f"{meta.get('name', '?')} ({meta.get('n_users', '?')} users, {meta.get('n_items', '?')} items, "
+            f"{meta.get('n_events', '?')} events; {h[:6]})")
+
+
 def _pad(mat: Optional[np.ndarray]) -> Optional[np.ndarray]:
     """Prepend the padding row so row i is id i."""
     if mat is None:
@@ -246,7 +320,8 @@ def atomic_dataset_dir(out) -> Iterator[Path]:
     """Write a dataset into a temp folder beside ``out``; rename into place only on success."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale_temp(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         yield tmp
         validate_dataset(tmp)
@@ -262,6 +337,31 @@ def atomic_dataset_dir(out) -> Iterator[Path]:
         raise
 
 
+def remove_stale_temp(out: Path) -> List[Path]:
+    """Delete ``.NAME.tmp-PID-*`` / ``.NAME.old-PID`` folders beside ``out`` left by a killed
+    ``prepare`` (its PID is gone); a live writer's folder is kept."""
+    removed = []
+    for p in list(out.parent.glob(f".{out.name}.tmp-*")) + list(out.parent.glob(f".{out.name}.old-*")):
+        pid = p.name[len(out.name) + 6:].split("-")[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def write_dataset(out, items: Dict[str, object], events: Dict[str, np.ndarray], meta: dict,
                   queries: Optional[Dict[str, object]] = None) -> Path:
     """Write the contract files atomically. Values may be numpy arrays or pyarrow arrays."""
@@ -274,6 +374,3 @@ def write_dataset(out, items: Dict[str, object], events: Dict[str, np.ndarray], 
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return Path(out)
 
-
-def list_attr_cols(meta: dict) -> List[str]:
-    return list(meta.get("attr_cols", []))

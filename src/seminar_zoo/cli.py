@@ -26,7 +26,6 @@ from typing import List, Optional
 
 from .data.schema import DatasetError
 from .runguard import UsageExit, check_data_main, quiet_startup
-from .runguard import atomic_json as _atomic_json
 
 LIGHTNING_VERBS = ("fit", "validate", "test", "predict")
 

@@ -353,29 +353,34 @@ class MultiModalPQ(nn.Module):
             out = out.masked_fill(~mask.bool(), float("-inf"))
         return out
 
-    def topk(self, target: torch.Tensor, codes: torch.Tensor, k: int,
-             mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def topk(self, target: torch.Tensor, codes: torch.Tensor, k: int, mask: Optional[torch.Tensor] = None,
+             inv: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Top-k behaviours by approximate score: ``(scores [B, k'], indices [B, k'])``, k' = min(k, L).
 
         Where fewer than k behaviours are real, the tail holds padded positions with score -inf.
+        ``inv`` ([B] long): ``codes`` / ``mask`` hold U distinct histories ``[U, L, ...]`` and row b uses
+        history ``inv[b]``; faiss then builds one index per history and searches all its rows in one call.
         """
         backend = self.resolved_backend(codes.device, for_topk=True)
         if backend not in FAISS_BACKENDS:
+            if inv is not None:
+                codes, mask = codes[inv], None if mask is None else mask[inv]
             s = self.score(self.lut(target), codes, mask)
             return s.topk(min(k, s.shape[1]), dim=1)
         self._check_codes(codes, "topk")
-        b, l = codes.shape[:2]
-        k = min(k, l)
-        m = torch.ones(b, l, dtype=torch.bool) if mask is None else mask.bool().cpu()
-        t = target.sum(1) if target.dim() == 3 else target
+        u, l = codes.shape[:2]
+        b, k = target.shape[0], min(k, l)
+        inv = torch.arange(u) if inv is None else inv.cpu()
+        m = torch.ones(u, l, dtype=torch.bool) if mask is None else mask.bool().cpu()
+        t = (target.sum(1) if target.dim() == 3 else target).detach().float().cpu()
+        t = t.repeat(1, self.n_modalities).numpy()  # faiss builds every (modality, sub-space) table from it
         vals, idx = torch.full((b, k), float("-inf")), torch.zeros(b, k, dtype=torch.long)
-        for i in range(b):
-            rows = m[i].nonzero().squeeze(1)
-            sc = self.scanner(codes[i, rows], backend)
-            d, j = sc.search_query(t[i].detach().float().cpu().repeat(self.n_modalities).numpy(), k)
-            n = len(j)
-            vals[i, :n], idx[i, :n] = torch.from_numpy(d), rows[torch.from_numpy(j)]
-            idx[i, n:] = (~m[i]).nonzero().squeeze(1)[: k - n]  # padding fills the tail, as the torch path does
+        for h in inv.unique().tolist():  # one index per distinct history, all of its rows at once
+            rows_b, rows = (inv == h).nonzero().squeeze(1), m[h].nonzero().squeeze(1)
+            d, j = self.scanner(codes[h, rows], backend).search_query(t[rows_b.numpy()], k)
+            n = j.shape[1]
+            vals[rows_b, :n], idx[rows_b, :n] = torch.from_numpy(d), rows[torch.from_numpy(j)]
+            idx[rows_b, n:] = (~m[h]).nonzero().squeeze(1)[: k - n]  # padding fills the tail, as torch does
         return vals.to(codes.device), idx.to(codes.device)
 
     @staticmethod

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Dict, Literal, Optional
 
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 
 from ..modules.pair import PairEncoder
 from ..modules.seminar_parts import GSU, ColdTargetAUC, MultiHeadTargetAttention, gather_rows, masked_topk
@@ -170,21 +171,33 @@ class SEMINAR(GSURetrieval, RecModel):
                     prm.requires_grad_(False)
 
     def before_fit(self, ctx) -> None:
-        """`seminar-zoo experiment`: pretrain the PSU (unless ``psu_ckpt``), save it, restore it."""
-        if self.hparams.psu_ckpt or int(self.pretrain_cfg["epochs"]) == 0:
-            return
-        from .psu import PSU
+        """`seminar-zoo experiment`: pretrain the PSU (unless ``psu_ckpt``), save it, restore it. Says at
+        start-up which settings each stage uses, and logs one line per epoch of both stages (:class:`EpochLog`)."""
+        from .psu import PSU, EpochLog
 
         cfg = dict(self.pretrain_cfg)
         epochs = int(cfg.pop("epochs"))
         limit = cfg.pop("limit_train_batches", None)
-        hp = self.hparams
+        hp, t = self.hparams, ctx.trainer
         cfg.setdefault("lambda_q", hp.lambda_q)
         cfg.setdefault("dropout", hp.dropout)
         cfg.setdefault("max_len", hp.max_len)
         cfg.setdefault("lr", hp.lr)
+        skip = f"skipped (psu_ckpt {hp.psu_ckpt})" if hp.psu_ckpt else "skipped (pretrain.epochs 0)" if not epochs else None
+        psu_line = skip or (f"{epochs} epochs (pretrain.epochs; trainer.max_epochs does not apply), lr {cfg['lr']}, "
+                            f"limit_train_batches {limit if limit is not None else t.limit_train_batches} "
+                            f"(pretrain.limit_train_batches, else trainer's), "
+                            f"losses w_align/w_next/w_relevance {cfg.get('w_align', 1.0)}/{cfg.get('w_next', 1.0)}/"
+                            f"{cfg.get('w_relevance', 1.0)}")
+        rank_zero_info(f"[seminar] stage 1 (psu pretraining): {psu_line}; stage 2 (finetune): {t.max_epochs} epochs "
+                       f"(trainer.max_epochs), lr {hp.lr}, limit_train_batches {t.limit_train_batches}, "
+                       f"retrieval {hp.retrieval} at test time")
+        if not any(isinstance(c, EpochLog) for c in t.callbacks):
+            t.callbacks.append(EpochLog("finetune"))
+        if skip:
+            return
         psu = PSU(data_meta=hp.data_meta, embed_dim=hp.embed_dim, num_heads=hp.num_heads, **cfg)
-        over = dict(max_epochs=epochs, enable_checkpointing=False)
+        over = dict(max_epochs=epochs, enable_checkpointing=False, callbacks=[EpochLog("psu")])
         if limit is not None:
             over["limit_train_batches"] = limit
         trainer = ctx.make_trainer("psu", **over)

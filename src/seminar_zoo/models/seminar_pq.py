@@ -118,8 +118,8 @@ class GSURetrieval:
         if self.pq_index is None:
             return
         self.fit_pq(ctx.datamodule)
-        best = next((c.best_model_path or c.last_model_path for c in ctx.trainer.checkpoint_callbacks
-                     if c.best_model_path or c.last_model_path), "")
+        cbs = sorted(ctx.trainer.checkpoint_callbacks, key=lambda c: not getattr(c, "monitor", None))
+        best = next((c.best_model_path or c.last_model_path for c in cbs if c.best_model_path or c.last_model_path), "")
         if best and Path(best).is_file() and ctx.trainer.is_global_zero:
             ckpt = torch.load(best, map_location="cpu", weights_only=False)
             ckpt["state_dict"].update({f"pq_index.{k}": v.cpu() for k, v in self.pq_index.state_dict().items()})

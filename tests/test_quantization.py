@@ -215,6 +215,24 @@ def test_faiss_topk_pads_short_histories_like_torch():
     assert torch.isfinite(v[1]).all() and len(set(i[1].tolist())) == 6
 
 
+def test_topk_over_distinct_histories_equals_per_row_topk():
+    """``inv``: rows sharing a history (a ranking list) search one index per history; same result per row."""
+    pytest.importorskip("faiss")
+    target, hist = _clustered(6, 200, seed=3)
+    mask = torch.rand(2, 200, generator=torch.Generator().manual_seed(2)) > 0.3
+    mask[1, :190], mask[1, 190:] = False, True  # a short history: 10 real, padding fills the tail
+    inv = torch.tensor([0, 1, 0, 0, 1, 1])
+    for k_c, backend in ((16, "faiss4"), (64, "faiss8"), (16, "torch")):
+        pq = MultiModalPQ(M, D, n_sub=4, n_centroids=k_c, seed=0, backend=backend).fit(hist.reshape(-1, M, D))
+        codes = pq.encode(hist[:2])
+        with torch.no_grad():
+            v, i = pq.topk(target, codes, 20, mask=mask, inv=inv)
+            rv, ri = pq.topk(target, codes[inv], 20, mask=mask[inv])
+        assert torch.equal(i, ri) and torch.equal(v.isinf(), rv.isinf())
+        torch.testing.assert_close(v[v.isfinite()], rv[rv.isfinite()])
+        assert bool(mask[inv].gather(1, i)[[1, 4, 5], :10].all()) and not bool(mask[1, i[1, 10:]].any())
+
+
 def test_backend_errors():
     with pytest.raises(ValueError, match="faiss4"):
         MultiModalPQ(M, D, n_sub=4, n_centroids=64, backend="faiss4")

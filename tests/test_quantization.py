@@ -251,3 +251,36 @@ def test_allocate_subspaces_by_variance_share():
     assert allocate_subspaces([1, 0], 6, 4) == [4, 2]  # capped by the width (4), the rest gets what is left
     with pytest.raises(ValueError, match="total"):
         allocate_subspaces([1, 1, 1], 2, 64)
+
+
+def test_per_modality_n_sub_allocation_and_score_aware_codes():
+    """n_sub per modality (bit allocation): codes [..., G], scores = <t, decoded keys>, faiss agrees with torch;
+    on data whose last modality dominates the score (norms 1, 0.5, 4), giving it more sub-spaces raises
+    recall@20 at equal bytes (measured 0.55 -> 0.69), and the score-aware loss (aniso_eta 4) raises the uniform
+    quantizer's (0.55 -> 0.59)."""
+    pytest.importorskip("faiss")
+    target, hist = _clustered(20, 500, seed=5)
+    train, ex = hist.reshape(-1, M, D), MultiModalPQ.exact_score(target, hist)
+    recall = {}
+    for n_sub, eta in ((4, 1.0), ([4, 4, 4], 1.0), ([2, 2, 8], 1.0), (4, 4.0)):
+        pq = MultiModalPQ(M, D, n_sub=n_sub, n_centroids=16, seed=0, aniso_eta=eta).fit(train)
+        codes = pq.encode(hist)
+        assert pq.n_groups == 12 and codes.shape == ((20, 500, M, 4) if isinstance(n_sub, int) else (20, 500, 12))
+        s = pq.score(pq.lut(target), codes)
+        torch.testing.assert_close(s, MultiModalPQ.exact_score(target, pq.decode(codes)), atol=1e-4, rtol=1e-4)
+        per_pair = pq.lut(target, per_pair=True, weights=torch.tensor([1.0, 2.0, 0.5]))
+        weighted = (target.sum(1)[:, None, None] * pq.decode(codes) * torch.tensor([1.0, 2.0, 0.5])[:, None]).sum((-1, -2))
+        torch.testing.assert_close(pq.score(per_pair, codes), weighted, atol=1e-4, rtol=1e-4)
+        pq.backend = "faiss4"
+        with torch.no_grad():
+            _, i = pq.topk(target, codes, 20)
+        agree = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(i, s.topk(20).indices)) / 400
+        assert agree >= 0.95, (n_sub, agree)
+        recall[(str(n_sub), eta)] = _recall(s, ex, 20)
+    assert recall[("[4, 4, 4]", 1.0)] == recall[("4", 1.0)]  # the same quantizer in the flat layout
+    assert recall[("[2, 2, 8]", 1.0)] > recall[("4", 1.0)] + 0.08, recall
+    assert recall[("4", 4.0)] > recall[("4", 1.0)] + 0.02, recall
+    with pytest.raises(ValueError, match="n_sub"):
+        MultiModalPQ(M, D, n_sub=[4, 4])
+    with pytest.raises(ValueError, match="aniso_eta"):
+        MultiModalPQ(M, D, aniso_eta=0.5)

@@ -284,3 +284,15 @@ def test_per_modality_n_sub_allocation_and_score_aware_codes():
         MultiModalPQ(M, D, n_sub=[4, 4])
     with pytest.raises(ValueError, match="aniso_eta"):
         MultiModalPQ(M, D, aniso_eta=0.5)
+
+
+def test_faiss_scanner_single_and_batched_queries():
+    pytest.importorskip("faiss")
+    target, hist = _clustered(3, 100, seed=4)
+    pq = MultiModalPQ(M, D, n_sub=2, n_centroids=16, seed=0).fit(hist.reshape(-1, M, D))
+    sc = pq.scanner(pq.encode(hist[0]), "faiss4")
+    d, i = sc.search(pq.lut(target[:1])[0].reshape(-1, 16).numpy(), 5)
+    assert d.shape == i.shape == (5,)  # one table -> one result row
+    q = target.sum(1).repeat(1, M).numpy()
+    d2, i2 = sc.search_query(q, 5)
+    assert d2.shape == (3, 5) and (i2[0] == sc.search_query(q[0], 5)[1]).all()

@@ -102,7 +102,7 @@ class FaissScanner:
         self.g_pad, self.lut_index, self.query_index = g_pad, None, None
         if codebooks is not None:
             cb = np.zeros((g_pad, self.k, codebooks.shape[-1]), np.float32)
-            cb[: self.g, : codebooks.shape[1]] = codebooks
+            cb[: len(codebooks), : codebooks.shape[1]] = codebooks
             self.query_index = self._index(faiss, cb, packed, fastscan=nbits == 4)
 
     @staticmethod
@@ -134,7 +134,7 @@ class FaissScanner:
             self.lut_index = self._index(faiss, onehot, self.packed, fastscan=self.nbits == 4)
         q = np.zeros((self.g_pad, self.k), np.float32)
         q[: self.g, : lut.shape[1]] = lut
-        return self._search(self.lut_index, q, k)
+        return self._search(self.lut_index, q.ravel(), k)
 
     def search_query(self, query: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """Query ``[G * s]`` (or a batch ``[n, G * s]``) against the loaded codebooks -> top-k (scores, rows)."""

@@ -140,3 +140,64 @@ def test_two_process_loss_equals_one_process_loss(tiny_dm, tmp_path):
         two = (float(r[0][k]) + float(r[1][k])) / 2
         assert two == pytest.approx(float(parts[k]), rel=1e-4, abs=1e-5), k
     assert (float(r[0]["total"]) + float(r[1]["total"])) / 2 == pytest.approx(float(total), rel=1e-4)
+
+
+# --------------------------------------------------------------------------- progress (issue 16 §1)
+def test_epoch_log_one_line_per_epoch_without_progress_bar(tiny_dm, tmp_path, caplog):
+    import logging
+    import re
+
+    from seminar_zoo.models.psu import EpochLog
+
+    class Steps(pl.Callback):
+        def __init__(self):
+            self.loss = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.loss.append((float(trainer.callback_metrics["train/loss"]), int(batch["label"].shape[0])))
+
+    steps = Steps()
+    tr = _trainer(tmp_path, max_epochs=2, limit_train_batches=3, limit_val_batches=0, callbacks=[EpochLog("psu"), steps])
+    with caplog.at_level(logging.INFO):
+        tr.fit(_psu(tiny_dm), tiny_dm)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[psu]")]
+    assert len(lines) == 2, lines
+    pat = r"\[psu\] epoch (\d)/2: loss ([\d.]+), (.*) \| ([\d.]+) s, (\d+) samples/s"
+    for e, line in enumerate(lines):
+        g = re.fullmatch(pat, line)
+        assert g, line
+        assert int(g.group(1)) == e + 1 and int(g.group(5)) > 0
+        assert all(f"{k} " in g.group(3) for k in LOSS_KEYS)
+        ep = steps.loss[3 * e: 3 * e + 3]  # row-weighted mean of the epoch's step losses
+        assert float(g.group(2)) == pytest.approx(sum(v * n for v, n in ep) / sum(n for _, n in ep), abs=1e-4)
+
+
+def test_seminar_says_which_settings_each_stage_uses(tiny_dm, tmp_path, caplog):
+    import logging
+
+    from seminar_zoo.models.seminar import SEMINAR
+
+    class Ctx:
+        run_dir, datamodule = tmp_path, tiny_dm
+        trainer = _trainer(tmp_path, max_epochs=3)
+
+        def make_trainer(self, subdir, **over):
+            over.pop("enable_checkpointing")
+            return _trainer(tmp_path / subdir, **over)
+
+    m = SEMINAR(data_meta=tiny_dm.data_meta, embed_dim=16, num_heads=2, topk=8,
+                pretrain={"epochs": 1, "limit_train_batches": 2, "w_next": 0.5})
+    with caplog.at_level(logging.INFO):
+        m.before_fit(Ctx())
+    msgs = [r.getMessage() for r in caplog.records]
+    start = [x for x in msgs if x.startswith("[seminar] stage 1")]
+    assert len(start) == 1
+    assert "1 epochs (pretrain.epochs; trainer.max_epochs does not apply)" in start[0]
+    assert "limit_train_batches 2" in start[0] and "1.0/0.5/1.0" in start[0]
+    assert "stage 2 (finetune): 3 epochs (trainer.max_epochs)" in start[0]
+    assert len([x for x in msgs if x.startswith("[psu] epoch 1/1: loss")]) == 1
+    assert (tmp_path / "psu" / "psu.ckpt").is_file()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        SEMINAR(data_meta=tiny_dm.data_meta, embed_dim=16, num_heads=2, pretrain={"epochs": 0}).before_fit(Ctx())
+    assert any("stage 1 (psu pretraining): skipped (pretrain.epochs 0)" in r.getMessage() for r in caplog.records)

@@ -270,3 +270,65 @@ def test_cold_items_are_never_training_targets(tiny_dm):
     assert not bool(cold[torch.as_tensor(tr.item)].any())
     meta_cold = torch.tensor(__import__("json").loads((tiny_dm.path / "meta.json").read_text())["cold_items"])
     assert bool(cold[meta_cold].all())  # the generator's cold items are among them
+
+
+# --------------------------------------------------------------------------- retrieval: pq from a checkpoint
+def test_pq_test_from_a_saved_checkpoint(tiny_data, tiny_dm, tmp_path, recwarn):
+    """`seminar-zoo test --ckpt_path C --model.init_args.retrieval pq` on an exact model's checkpoint: the
+    command-line retrieval wins over the checkpoint's, codebooks are fitted at test start without a warning,
+    the fast path (faiss fast-scan) runs and metrics.json gets recall, timings and a run name."""
+    import json
+    import warnings
+
+    from seminar_zoo.cli import main
+
+    base = ["--data.path", str(tiny_data), "--data.max_len", "40", "--trainer.enable_progress_bar", "false",
+            "--trainer.logger", "false"]
+    main(["fit", "--model", "SEMINAR", "--model.init_args.embed_dim", "16", "--model.init_args.num_heads", "2",
+          "--model.init_args.topk", "8", "--model.init_args.pretrain={epochs: 0}", "--trainer.max_steps", "3",
+          "--trainer.limit_val_batches", "1", "--trainer.default_root_dir", str(tmp_path / "fit"), *base])
+    ckpt = tmp_path / "fit" / "checkpoints" / "last.ckpt"
+    common = [*base, "--ckpt_path", str(ckpt), "--trainer.limit_test_batches", "3"]
+    main(["test", "--model", "SEMINAR", "--trainer.default_root_dir", str(tmp_path / "pq"), *common,
+          "--model.init_args.retrieval", "pq", "--model.init_args.pq={n_sub: 4, n_centroids: 16, fit_rows: 3000}"])
+    assert not [w for w in recwarn.list if "pq_index" in str(w.message) or "codebook" in str(w.message)]
+    rec = json.loads((tmp_path / "pq" / "metrics.json").read_text())
+    assert rec["gsu_retrieval"] == "pq" and rec["name"] == "SEMINAR-pq" and rec["gsu_bytes_per_behaviour"] == 20
+    if __import__("seminar_zoo.modules.pq_backends", fromlist=["x"]).faiss_available():
+        assert rec["gsu_backend"] == "faiss4"
+    assert 0.5 < rec["test/gsu/recall@8"] < 1.0  # approximate, not exact (measured 0.76)
+    assert rec["test/gsu/ms_per_request"] > 0 and rec["test/gsu/exact_ms_per_request"] > 0
+    main(["test", "--model", "SEMINAR", "--trainer.default_root_dir", str(tmp_path / "ex"), *common])
+    ex = json.loads((tmp_path / "ex" / "metrics.json").read_text())
+    assert ex["gsu_retrieval"] == "exact" and ex["test/gsu/recall@8"] == 1.0 and ex["name"] == "SEMINAR"
+    assert "test/gsu/exact_ms_per_request" not in ex
+    assert abs(ex["test/auc"] - rec["test/auc"]) < 0.05  # same weights, other top-K
+
+    # codebooks saved in a checkpoint are loaded, not refitted; another size or an exact model drops them
+    pqm = SEMINAR.load_from_checkpoint(str(ckpt), retrieval="pq", pq={"n_sub": 4, "n_centroids": 16})
+    assert not bool(pqm.pq_index.is_fitted)
+    pqm.load_tables(tiny_dm.feature_tables())
+    pqm.fit_pq(tiny_dm)
+    state = torch.load(ckpt, weights_only=False)
+    state["state_dict"].update({f"pq_index.{k}": v for k, v in pqm.pq_index.state_dict().items()})
+    torch.save(state, tmp_path / "pq.ckpt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = SEMINAR.load_from_checkpoint(str(tmp_path / "pq.ckpt"), retrieval="pq", pq={"n_sub": 4, "n_centroids": 16})
+        other = SEMINAR.load_from_checkpoint(str(tmp_path / "pq.ckpt"), retrieval="pq", pq={"n_sub": 2, "n_centroids": 16})
+        exact = SEMINAR.load_from_checkpoint(str(tmp_path / "pq.ckpt"))
+    assert bool(again.pq_index.is_fitted) and torch.equal(again.pq_index.codebooks, pqm.pq_index.codebooks)
+    assert not bool(other.pq_index.is_fitted) and exact.pq_index is None
+
+
+def test_seminar_pq_yaml_differs_from_seminar_yaml_only_in_retrieval():
+    import pathlib
+
+    import yaml
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "experiments"
+    ex, pq = (yaml.safe_load((root / f).read_text()) for f in ("seminar.yaml", "seminar_pq.yaml"))
+    assert ex["model"]["init_args"].pop("retrieval") == "exact"
+    assert pq["model"]["init_args"].pop("retrieval") == "pq"
+    assert pq["model"]["init_args"].pop("pq")["backend"] == "auto"
+    assert ex == pq

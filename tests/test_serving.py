@@ -62,3 +62,40 @@ def test_serve_bench_cli_and_errors(tiny_dm, tmp_path):
     assert p.returncode == 2 and "not an export" in p.stderr and "Traceback" not in p.stderr
     p = run("export", "--ckpt_path", str(tmp_path / "no.ckpt"), "--out", str(tmp_path / "e2"))
     assert p.returncode == 2 and "--ckpt_path" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_server_caches_the_user_index_and_replay_matches_the_model(tiny_data, tiny_dm, tmp_path):
+    pytest.importorskip("faiss")
+    import pytorch_lightning as pl
+
+    from seminar_zoo.serving import replay
+
+    m = _model(tiny_dm)
+    export_model(m, tmp_path / "exp", n_sub=2, n_centroids=16, fit_rows=500, rerank_factor=10)
+    b = tiny_dm.splits["test"].__getitems__(list(range(6)))
+    server = Server(tmp_path / "exp", backend="faiss4", cache_users=2)
+    args = lambda i: (b["hist_item_id"][i][b["hist_mask"][i]], b["hist_query_id"][i][b["hist_mask"][i]],
+                      int(b["item_id"][i]), int(b["query_id"][i]))
+    plain = [server.logit(*args(i)) for i in range(6)]
+    cached = [server.logit(*args(i), user=int(b["user_id"][i])) for i in range(6)]
+    assert cached == pytest.approx(plain, abs=1e-6)
+    users = b["user_id"].tolist()
+    assert server.cache_hits == 6 - len(set(users)) and len(server.cache) <= 2
+    h, q, it, qt = args(0)  # a changed history rebuilds the user's index instead of reusing a stale one
+    changed = server.logit(h[:-5], q[:-5], it, qt, user=users[0])
+    assert changed == pytest.approx(server.logit(h[:-5], q[:-5], it, qt), abs=1e-6)
+    # replayed test requests: R*K = 80 >= L = 40, so served == in-process, and so is the AUC
+    rep = replay(Server(tmp_path / "exp"), m, tiny_dm, n_requests=4)
+    assert rep["requests"] == 4 and rep["max_abs_logit_diff"] < 1e-4
+    assert rep["auc_served"] == pytest.approx(rep["auc_model"], abs=1e-6) and rep["cache_hits"] == 4 * 99
+    # the CLI: serve-bench --ckpt_path --data prints the replay line
+    ckpt = tmp_path / "m.ckpt"
+    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams),
+                "pytorch-lightning_version": pl.__version__}, ckpt)
+    from seminar_zoo.serving import serve_bench_main
+
+    res = serve_bench_main(["--export", str(tmp_path / "exp"), "--lengths", "", "--ckpt_path", str(ckpt),
+                            "--data", str(tiny_data), "--max_len", "40", "--replay", "3"])
+    assert res["replay/requests"] == 3 and res["replay/max_abs_logit_diff"] < 1e-4
+    with pytest.raises(SystemExit):
+        serve_bench_main(["--export", str(tmp_path / "exp"), "--ckpt_path", str(ckpt)])

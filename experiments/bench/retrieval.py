@@ -15,7 +15,8 @@ image 10), each method returns its top-K and is timed end to end:
 * ``pq-faiss8-Sx256``  8-bit IndexPQ with our codebooks (gather + scan);
 * ``...+rrR``          the PQ top R*K re-scored exactly from the embedding tables;
 * ``pq-allocG-a-b-c-dx16-cached``  G 4-bit sub-spaces split over the modalities by their share of the score
-  variance (``allocate_subspaces``), one quantizer per modality, index kept per history;
+  variance (``allocate_subspaces``) inside one MultiModalPQ (``n_sub`` per modality), index kept per history;
+* ``...-anisoE``       the same codes fitted and encoded with the score-aware loss (``aniso_eta`` E, ScaNN);
 * ``faiss-fastscan-native``  faiss' own PQ fast-scan on the fused keys, at the same bytes per behaviour
   (index cached; the anchor for "within 2x of fast-scan");
 * ``faiss-flat``       IndexFlatIP on the fused keys (index cached);
@@ -107,20 +108,23 @@ def rerank(world: World, ids, qids, t, cand: torch.Tensor, k: int):
 class PQTables:
     """MultiModalPQ codes per item ([N, 3, S]) and per query ([Q, 1, S]); a history's codes are gathered by id."""
 
-    def __init__(self, world: World, n_sub: int, n_centroids: int, fit_rows: int, seed: int = 0):
+    def __init__(self, world: World, n_sub, n_centroids: int, fit_rows: int, seed: int = 0, aniso_eta: float = 1.0):
         g = torch.Generator().manual_seed(seed)
         n = min(fit_rows, len(world.item))
         ii, qq = torch.randint(len(world.item), (n,), generator=g), torch.randint(len(world.query), (n,), generator=g)
         train = torch.cat([world.query[qq], world.item[ii]], 1)
-        self.pq = MultiModalPQ(4, world.item.shape[-1], n_sub=n_sub, n_centroids=n_centroids, seed=seed).fit(train)
-        # encoding is per (modality, sub-space): encode item rows beside query 0 and keep their own modalities
-        self.item = self.pq.encode(torch.cat([world.query[:1].expand(len(world.item), 1, -1), world.item], 1))[:, 1:]
-        self.query = self.pq.encode(torch.cat([world.query, world.item[:1].expand(len(world.query), 3, -1)], 1))[:, :1]
+        self.pq = MultiModalPQ(4, world.item.shape[-1], n_sub=n_sub, n_centroids=n_centroids, seed=seed,
+                               aniso_eta=aniso_eta).fit(train)
+        # encoding is per (modality, sub-space): encode item rows beside query 0 and keep their own groups
+        self.nq = self.pq.n_subs[0]  # the query's codes (its groups come first)
+        nq = self.nq if isinstance(n_sub, list) else 1  # flat [G] codes vs [M, n_sub]
+        self.item = self.pq.encode(torch.cat([world.query[:1].expand(len(world.item), 1, -1), world.item], 1))[:, nq:]
+        self.query = self.pq.encode(torch.cat([world.query, world.item[:1].expand(len(world.query), 3, -1)], 1))[:, :nq]
         self.item, self.query = self.item.contiguous(), self.query.contiguous()
         if n_centroids <= 16:  # 4-bit codes packed once per id: a history's packed codes are a gather away
             self.item4 = torch.from_numpy(pack_codes(self.item.reshape(len(self.item), -1).numpy(), 4))
             self.query4 = torch.from_numpy(pack_codes(self.query.reshape(len(self.query), -1).numpy(), 4))
-        self.bytes = 4 * n_sub * (4 if n_centroids <= 16 else 8) // 8
+        self.bytes = self.pq.n_groups * (4 if n_centroids <= 16 else 8) // 8
 
     def packed4(self, ids, qids) -> np.ndarray:
         return torch.cat([rows(self.query4, qids), rows(self.item4, ids)], 1).numpy()
@@ -129,10 +133,10 @@ class PQTables:
         return torch.cat([rows(self.query, qids), rows(self.item, ids)], 1)  # [L, M, S]
 
 
-class AllocPQ:
-    """One 16-centroid quantizer per modality, sub-spaces split by score-variance share (allocate_subspaces)."""
+class AllocPQ(PQTables):
+    """MultiModalPQ with 16 centroids and n_sub per modality by score-variance share (allocate_subspaces)."""
 
-    def __init__(self, world: World, total: int, fit_rows: int, seed: int = 0):
+    def __init__(self, world: World, total: int, fit_rows: int, seed: int = 0, aniso_eta: float = 1.0):
         g = torch.Generator().manual_seed(seed)
         n = min(fit_rows, len(world.item))
         keys = torch.cat([world.query[torch.randint(len(world.query), (n,), generator=g)],
@@ -141,18 +145,8 @@ class AllocPQ:
         shares = torch.einsum("nd,nmd->nm", tf, keys).var(0)
         self.shares = (shares / shares.sum()).tolist()
         self.n_sub = allocate_subspaces(self.shares, total, keys.shape[-1])
-        self.pqs = [MultiModalPQ(1, keys.shape[-1], n_sub=s, n_centroids=16, seed=seed).fit(keys[:, j:j + 1])
-                    for j, s in enumerate(self.n_sub)]
-        self.query = self.pqs[0].encode(world.query).reshape(len(world.query), -1)
-        self.item = torch.cat([p.encode(world.item[:, j - 1:j]).reshape(len(world.item), -1)
-                               for j, p in enumerate(self.pqs) if j > 0], 1)
+        super().__init__(world, self.n_sub, 16, fit_rows, seed, aniso_eta)
         self.bytes = total // 2
-
-    def scanner(self, ids, qids) -> FaissScanner:
-        return FaissScanner(torch.cat([rows(self.query, qids), rows(self.item, ids)], 1).numpy(), 4)
-
-    def lut(self, tf: torch.Tensor) -> np.ndarray:
-        return torch.cat([p.lut(tf[None])[0].reshape(-1, 16) for p in self.pqs]).numpy()
 
 
 def _time(fn: Callable, reps: int) -> float:
@@ -224,10 +218,15 @@ def methods_for(world: World, pqs: Dict[str, PQTables], ids, qids, t, args, nati
                 return torch.from_numpy(sc.search_query(q, kk)[1])
             m[f"pq-faiss8-{name}"] = (f8, tab.bytes)
             m[f"pq-faiss8-{name}+rr{rr}"] = (lambda f8=f8: rerank(world, ids, qids, t, f8(kk=rr * k), k), tab.bytes)
-    for total, alloc in (allocs or {}).items():
-        sc = alloc.scanner(ids, qids)
-        name = f"pq-alloc{total}-" + "-".join(map(str, alloc.n_sub)) + "x16-cached"
-        fa = (lambda sc=sc, alloc=alloc, kk=k: torch.from_numpy(sc.search(alloc.lut(tf), kk)[1]))
+    for name, alloc in (allocs or {}).items():  # allocated / score-aware MultiModalPQ, index cached per history
+        cb = alloc.pq.codebooks.reshape(alloc.pq.n_groups, 16, -1)
+        qa = alloc.pq._split(tf[None, None].expand(1, 4, -1))[0]  # [G, s]: the target's sub-vector per group
+        if alloc.nq % 2:  # an odd number of query codes was packed with a pad nibble: a zero codebook there
+            cb = torch.cat([cb[:alloc.nq], cb.new_zeros(1, *cb.shape[1:]), cb[alloc.nq:]])
+            qa = torch.cat([qa[:alloc.nq], qa.new_zeros(1, qa.shape[1]), qa[alloc.nq:]])
+        sc = FaissScanner(alloc.packed4(ids, qids), 4, codebooks=cb.numpy(), packed=True)
+        qa = qa.reshape(-1).numpy()
+        fa = (lambda sc=sc, qa=qa, kk=k: torch.from_numpy(sc.search_query(qa, kk)[1]))
         m[name] = (fa, alloc.bytes)
         m[f"{name}+rr{rr}"] = (lambda fa=fa: rerank(world, ids, qids, t, fa(kk=rr * k), k), alloc.bytes)
     fused = (world.item_fused[ids] + world.query_fused[qids]).numpy()
@@ -266,10 +265,19 @@ def run(args) -> List[dict]:
         faiss.omp_set_num_threads(args.threads)
     world = World(args.items, args.queries, args.dim, seed=args.seed)
     native = _faiss_native(world, args.native_bytes, args.fit_rows, args.seed) if use_faiss else None
-    allocs = {n: AllocPQ(world, n, args.fit_rows, args.seed) for n in args.alloc} if use_faiss else {}
-    for n, a in allocs.items():
-        print(f"alloc {n}: score-variance shares (query, id, text, image) {[round(x, 3) for x in a.shares]} "
-              f"-> sub-spaces {a.n_sub}", flush=True)
+    allocs = {}
+    for n in args.alloc if use_faiss else []:
+        for eta in (1.0, args.aniso_eta):
+            a = AllocPQ(world, n, args.fit_rows, args.seed, eta)
+            allocs[f"pq-alloc{n}-" + "-".join(map(str, a.n_sub)) + "x16" + ("" if eta == 1 else f"-aniso{eta:g}")
+                   + "-cached"] = a
+            print(f"alloc {n}: score-variance shares (query, id, text, image) {[round(x, 3) for x in a.shares]} "
+                  f"-> sub-spaces {a.n_sub}", flush=True)
+    for spec in args.pq.split(",") if use_faiss and args.aniso_eta != 1 else []:  # score-aware, equal split
+        s, c = (int(x) for x in spec.split("x"))
+        if c <= 16:
+            allocs[f"pq-faiss4-{spec}-aniso{args.aniso_eta:g}-cached"] = PQTables(world, s, c, args.fit_rows, args.seed,
+                                                                                 args.aniso_eta)
     pqs = {}
     for spec in args.pq.split(","):
         s, c = (int(x) for x in spec.split("x"))
@@ -341,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--queries", type=int, default=5_000)
     ap.add_argument("--pq", default="8x16,16x16,4x256,8x256", help="MultiModalPQ sizes n_subxn_centroids")
     ap.add_argument("--alloc", default="32,64", help="total 4-bit sub-spaces split by score-variance share")
+    ap.add_argument("--aniso-eta", type=float, default=4.0, help="score-aware rows' aniso_eta (1: none)")
     ap.add_argument("--fit-rows", type=int, default=20_000)
     ap.add_argument("--rerank-factor", type=int, default=10)
     ap.add_argument("--native-bytes", type=int, default=16, help="bytes per behaviour of faiss' own fast-scan")

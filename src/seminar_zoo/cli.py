@@ -41,6 +41,7 @@ def _make_cli_class():
 
     class ZooCLI(LightningCLI):
         def __init__(self, *args, **kwargs):
+            self._zoo_args = kwargs.get("args")
             kwargs.setdefault("save_config_kwargs", {"overwrite": True})
             # "--trainer.max_epoch 1" must be an error, not silently max_epochs (subcommands inherit it)
             kwargs.setdefault("parser_kwargs", {"allow_abbrev": False})
@@ -64,6 +65,23 @@ def _make_cli_class():
 
         def _cfg(self):
             return self.config[self.subcommand] if self.subcommand else self.config
+
+        def _parse_ckpt_path(self) -> None:
+            """The checkpoint's hyper-parameters replace the config's (Lightning), but not the
+            ``--model.init_args.X V`` given on the command line (``test --ckpt_path C --model.init_args.retrieval pq``)."""
+            import yaml
+
+            super()._parse_ckpt_path()
+            argv, sub = list(sys.argv[1:] if self._zoo_args is None else self._zoo_args), self.config.get("subcommand")
+            pre, over = "--model.init_args.", {}
+            for i, a in enumerate(argv):
+                if a.startswith(pre) and sub and self.config[sub].get("ckpt_path"):
+                    key, eq, val = a[len(pre):].partition("=")
+                    over[key] = yaml.safe_load(val if eq else argv[i + 1] if i + 1 < len(argv) else "")
+            if over:
+                mc = self.config[sub].model
+                self.config = self.parser.parse_object({sub: {"model": {"class_path": mc.class_path, "init_args": over}}},
+                                                       self.config)
 
         def before_instantiate_classes(self) -> None:
             cfg = self._cfg()

@@ -20,6 +20,7 @@ import argparse
 import json
 import time
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .modules.pq_backends import FAISS_BACKENDS
 from .modules.quantization import MultiModalPQ
 
 FILES = ("gsu_q_item", "gsu_q_query", "codes_item", "codes_query", "pair_item", "pair_query", "codebooks")
@@ -100,9 +102,13 @@ def export_model(model, out: str, n_sub: int = 8, n_centroids: int = 16, fit_row
 
 
 class Server:
-    """Replays requests through an export: PQ top R*K -> exact re-rank -> ESU -> tower."""
+    """Replays requests through an export: PQ top R*K -> exact re-rank -> ESU -> tower.
 
-    def __init__(self, export_dir: str, backend: str = "auto"):
+    With ``user=`` a request reuses that user's fast-scan index while the history is unchanged (an LRU of
+    ``cache_users`` users): building the index costs more than scanning it (experiments/results/retrieval.md).
+    """
+
+    def __init__(self, export_dir: str, backend: str = "auto", cache_users: int = 10000):
         d = Path(export_dir)
         missing = [f for f in FILES if not (d / f"{f}.npy").exists()] + \
             [f for f in ("esu_tower.pt", "export.json") if not (d / f).exists()]
@@ -117,20 +123,40 @@ class Server:
         self.pq.codebooks.copy_(cb)
         self.pq.is_fitted.fill_(True)
         self.module = torch.jit.load(str(d / "esu_tower.pt"))
+        self.cache: "OrderedDict[int, tuple]" = OrderedDict()
+        self.cache_users, self.cache_hits = cache_users, 0
 
     @staticmethod
     def _rows(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         return table.reshape(len(table), -1).index_select(0, ids).reshape(len(ids), *table.shape[1:])
 
+    def _codes(self, hist_item: torch.Tensor, hist_query: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self._rows(self.t["codes_item"], hist_item), self._rows(self.t["codes_query"], hist_query)], 1)
+
+    def _candidates(self, hist_item, hist_query, target_gsu, k: int, user: Optional[int]) -> torch.Tensor:
+        backend = self.pq.resolved_backend(torch.device("cpu"), for_topk=True)
+        if user is None or backend not in FAISS_BACKENDS:
+            return self.pq.topk(target_gsu, self._codes(hist_item, hist_query)[None], k)[1][0]
+        hit = self.cache.get(user)
+        if hit is not None and torch.equal(hit[0], hist_item) and torch.equal(hit[1], hist_query):
+            self.cache.move_to_end(user)
+            self.cache_hits += 1
+        else:
+            hit = (hist_item.clone(), hist_query.clone(), self.pq.scanner(self._codes(hist_item, hist_query), backend))
+            self.cache[user] = hit
+            if len(self.cache) > self.cache_users:
+                self.cache.popitem(last=False)
+        query = target_gsu.sum(1).repeat(1, self.pq.n_modalities).numpy()
+        return torch.from_numpy(hit[2].search_query(query, k)[1][0])
+
     @torch.no_grad()
-    def logit(self, hist_item: torch.Tensor, hist_query: torch.Tensor, item: int, query: int) -> float:
-        """One request: real (unpadded) history ids [L] and the target's ids."""
+    def logit(self, hist_item: torch.Tensor, hist_query: torch.Tensor, item: int, query: int,
+              user: Optional[int] = None) -> float:
+        """One request: real (unpadded) history ids [L] and the target's ids (``user``: cache its index)."""
         t, r = self.t, self._rows
         it, qt = torch.tensor([item]), torch.tensor([query])
         target_gsu = torch.cat([r(t["gsu_q_item"], it), r(t["gsu_q_query"], qt)], 1)  # [1, M, d]
-        codes = torch.cat([r(t["codes_item"], hist_item), r(t["codes_query"], hist_query)], 1)[None]
-        _, cand = self.pq.topk(target_gsu, codes, self.cfg["rerank_factor"] * self.cfg["topk"])
-        cand = cand[0]
+        cand = self._candidates(hist_item, hist_query, target_gsu, self.cfg["rerank_factor"] * self.cfg["topk"], user)
         pair = r(t["pair_item"], hist_item[cand]) + r(t["pair_query"], hist_query[cand])
         mask = torch.ones(len(cand), dtype=torch.bool)
         short = self.cfg["topk"] - len(cand)
@@ -139,6 +165,30 @@ class Server:
             mask = torch.cat([mask, mask.new_zeros(short)])
         target = r(t["pair_item"], it) + r(t["pair_query"], qt)
         return float(self.module(target, pair[None], mask[None])[0])
+
+
+@torch.no_grad()
+def replay(server: Server, model, dm, n_requests: int) -> Dict[str, float]:
+    """Replay the first ``n_requests`` test requests (target + negatives, one history) through ``server`` and
+    the in-process ``model``: mean per-request AUC of each, the largest logit gap, p50/p99 ms per row."""
+    from torchmetrics.functional.classification import binary_auroc
+
+    ds = dm.splits["test"]
+    rows = list(range(min(n_requests * ds.per_sample, len(ds))))  # row = sample * per_sample + candidate
+    b = ds.__getitems__(rows)
+    served, ts = [], []
+    for i in range(len(rows)):
+        m = b["hist_mask"][i]
+        t0 = time.perf_counter()
+        served.append(server.logit(b["hist_item_id"][i][m], b["hist_query_id"][i][m], int(b["item_id"][i]),
+                                   int(b["query_id"][i]), user=int(b["request_id"][i])))
+        ts.append(1e3 * (time.perf_counter() - t0))
+    served, ref, y = torch.tensor(served), model.eval()(b).float(), b["label"].long()
+    aucs = [[float(binary_auroc(x[g], y[g])) for g in (b["request_id"] == r for r in b["request_id"].unique())
+             if 0 < int(y[g].sum()) < int(g.sum())] for x in (served, ref)]
+    return {"requests": float(len(aucs[0])), "auc_served": float(np.mean(aucs[0])), "auc_model": float(np.mean(aucs[1])),
+            "max_abs_logit_diff": float((served - ref).abs().max()), "p50_ms": float(np.percentile(ts, 50)),
+            "p99_ms": float(np.percentile(ts, 99)), "cache_hits": float(server.cache_hits)}
 
 
 def export_main(argv: Optional[List[str]] = None) -> None:
@@ -158,18 +208,27 @@ def export_main(argv: Optional[List[str]] = None) -> None:
 
 
 def serve_bench_main(argv: Optional[List[str]] = None) -> Dict[str, float]:
-    """p50/p99 latency per request on synthetic histories of each length (ids drawn from the export's tables)."""
+    """p50/p99 latency per request on synthetic histories of each length (ids drawn from the export's tables);
+    with --ckpt_path and --data, also replays test requests and compares the AUC with the in-process model."""
     ap = argparse.ArgumentParser(prog="seminar-zoo serve-bench", description=serve_bench_main.__doc__)
     ap.add_argument("--export", required=True)
     ap.add_argument("--lengths", default="1000,10000,100000")
     ap.add_argument("--requests", type=int, default=50)
     ap.add_argument("--backend", default="auto")
+    ap.add_argument("--ckpt_path", default=None, help="the exported SEMINAR checkpoint (in-process reference)")
+    ap.add_argument("--data", default=None, help="dataset folder whose test requests are replayed")
+    ap.add_argument("--max_len", type=int, default=200, help="history length of the replayed requests")
+    ap.add_argument("--replay", type=int, default=50, help="test requests to replay")
     a = ap.parse_args(argv)
     try:
         server = Server(a.export, a.backend)
-        lengths = [int(x) for x in a.lengths.split(",")]
+        lengths = [int(x) for x in a.lengths.split(",") if x]
     except (FileNotFoundError, ValueError) as e:
         ap.error(str(e))
+    if (a.ckpt_path is None) != (a.data is None):
+        ap.error("--ckpt_path and --data go together (replay test requests against the in-process model)")
+    if a.ckpt_path is not None and not Path(a.ckpt_path).is_file():
+        ap.error(f"--ckpt_path {a.ckpt_path} does not exist")
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     n_i, n_q = len(server.t["pair_item"]), len(server.t["pair_query"])
@@ -184,4 +243,17 @@ def serve_bench_main(argv: Optional[List[str]] = None) -> Dict[str, float]:
             ts.append(1e3 * (time.perf_counter() - t0))
         res[f"p50_ms@{length}"], res[f"p99_ms@{length}"] = float(np.percentile(ts, 50)), float(np.percentile(ts, 99))
         print(f"L={length}: p50 {res[f'p50_ms@{length}']:.3f} ms, p99 {res[f'p99_ms@{length}']:.3f} ms", flush=True)
+    if a.ckpt_path:
+        from .data.datamodule import LifelongSequenceDataModule
+        from .models.seminar import SEMINAR
+
+        dm = LifelongSequenceDataModule(a.data, max_len=a.max_len)
+        dm.setup()
+        model = SEMINAR.load_from_checkpoint(a.ckpt_path, map_location="cpu", psu_ckpt=None)
+        model.load_tables(dm.feature_tables())
+        rep = replay(server, model, dm, a.replay)
+        res.update({f"replay/{k}": v for k, v in rep.items()})
+        print(f"replayed {rep['requests']:.0f} test requests: AUC served {rep['auc_served']:.4f} vs in-process "
+              f"{rep['auc_model']:.4f}, max |logit diff| {rep['max_abs_logit_diff']:.2e}, p50 {rep['p50_ms']:.3f} ms, "
+              f"p99 {rep['p99_ms']:.3f} ms per row, {rep['cache_hits']:.0f} cached-index hits", flush=True)
     return res

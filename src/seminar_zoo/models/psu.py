@@ -37,11 +37,14 @@ shuffled items as negatives as the reference does, but with a binary cross-entro
 from __future__ import annotations
 
 import math
+import time
+from collections import defaultdict
 from typing import Dict, List, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
 from ..modules.encoders import ItemEncoder, QueryEncoder
@@ -241,3 +244,31 @@ class PSU(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+class EpochLog(pl.Callback):
+    """One log line per training epoch of a stage (issue 16 §1), with or without the progress bar:
+    ``[psu] epoch 1/2: loss 1.234, next_pair 0.567, ... | 12.3 s, 456 samples/s``. The losses are the
+    row-weighted means of the ``train/*`` values logged at each step; samples are training rows (all processes)."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._t0, self._rows, self._sums = time.perf_counter(), 0, defaultdict(float)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        rows = int(batch["label"].shape[0])
+        self._rows += rows
+        for k, v in trainer.callback_metrics.items():
+            if k.startswith("train/"):
+                self._sums[k[len("train/"):]] += float(v) * rows
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        sec = time.perf_counter() - self._t0
+        n = max(self._rows, 1)
+        keys = sorted(self._sums, key=lambda k: (k != "loss", k))
+        losses = ", ".join(f"{k} {self._sums[k] / n:.4f}" for k in keys)
+        rate = self._rows * trainer.world_size / max(sec, 1e-9)
+        rank_zero_info(f"[{self.stage}] epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {losses or 'no loss logged'}"
+                       f" | {sec:.1f} s, {rate:.0f} samples/s")

@@ -29,18 +29,17 @@ Two stages (Sec. 3), one command (``seminar-zoo experiment --config experiments/
    and the tower still train.
 
 ``retrieval: pq`` selects the top-K at test / predict time with the multi-modal product quantizer
-of ``modules/quantization.py``: uint8 codes of the per-modality GSU key vectors (one encoding per
-distinct history) and a per-request look-up table of the target (:meth:`gsu_vectors` gives both
-sides); the codebooks are fitted on training histories (:meth:`fit_pq`, in ``before_test``) and
-saved with the model. Training and validation always use the exact scores (the keys move while
-training), and the ESU bias uses the exact scores of the K selected behaviours.
+of ``modules/quantization.py`` (faiss fast-scan on CPU), see ``models/seminar_pq.py``: codebooks fitted
+on training histories or loaded from the checkpoint, one index per distinct history. Training and
+validation always use the exact scores (the keys move while training), and the ESU bias uses the
+exact scores of the K selected behaviours.
 
 Test extras (``metrics.json`` via ``extra_test_metrics``): ``test/auc_cold_targets`` /
 ``test/auc_warm_targets`` (AUC over test lists whose positive item never / sometimes was a
 training target, computed from the DataModule's train split), ``test/n_cold_targets``,
 ``test/modality_weight/<m>`` (mean share of modality m in the GSU score of the true targets,
-weighted by the GSU attention, see :meth:`GSU.modality_shares`), ``test/gamma/<m>`` (softmax(gamma)) and, with
-``retrieval: pq``, ``test/gsu/recall@K`` (share of the exact GSU's top-K that the PQ top-K finds).
+weighted by the GSU attention, see :meth:`GSU.modality_shares`), ``test/gamma/<m>`` (softmax(gamma)),
+``test/gsu/recall@K`` and ``test/gsu/ms_per_request`` (exact and pq; see ``models/seminar_pq.py``).
 
 Simplified: one attention layer per unit; the GSU score is the head-averaged logit (the
 reference concatenates heads); dropout 0.1 instead of the reference's 0.5 on our small data.
@@ -52,10 +51,12 @@ from pathlib import Path
 from typing import Any, Dict, Literal, Optional
 
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 
 from ..modules.pair import PairEncoder
 from ..modules.seminar_parts import GSU, ColdTargetAUC, MultiHeadTargetAttention, gather_rows, masked_topk
 from .base import RecModel
+from .seminar_pq import GSURetrieval
 
 PRETRAIN_DEFAULTS: Dict[str, Any] = {"epochs": 2}
 
@@ -66,7 +67,7 @@ def _psu_kwargs() -> set:
     return set(inspect.signature(PSU.__init__).parameters) - {"self", "data_meta", "embed_dim", "num_heads"}
 
 
-class SEMINAR(RecModel):
+class SEMINAR(GSURetrieval, RecModel):
     """See the module docstring.
 
     Args:
@@ -107,7 +108,7 @@ class SEMINAR(RecModel):
         self.cold_auc = ColdTargetAUC()
         self._cold_items: Optional[torch.Tensor] = None
         self._shares: list = []
-        self._recall: list = []
+        self._reset_gsu_stats()
         self._collect = False
         self.build_tower()
         if psu_ckpt:
@@ -138,19 +139,6 @@ class SEMINAR(RecModel):
         if int(cfg["epochs"]) < 0:
             raise ValueError(f"pretrain.epochs must be >= 0, got {cfg['epochs']}")
         return cfg
-
-    def _make_pq(self, cfg: Dict[str, Any]):
-        try:
-            from ..modules.quantization import MultiModalPQ
-        except ImportError:
-            raise NotImplementedError(
-                "retrieval: pq needs seminar_zoo.modules.quantization (MultiModalPQ), which is not in this "
-                "checkout yet (the multi-modal product quantization issue); use retrieval: exact") from None
-        cfg = dict(cfg)
-        self._pq_fit_rows = int(cfg.pop("fit_rows", 20000))
-        cfg.setdefault("n_centroids", 64)
-        cfg.setdefault("n_sub", 8)
-        return MultiModalPQ(n_modalities=len(self.pair.active), dim=self.hparams.embed_dim, **cfg)
 
     # ---------------------------------------------------------------- PSU restore
     def restore_psu(self, path: str) -> None:
@@ -183,21 +171,33 @@ class SEMINAR(RecModel):
                     prm.requires_grad_(False)
 
     def before_fit(self, ctx) -> None:
-        """`seminar-zoo experiment`: pretrain the PSU (unless ``psu_ckpt``), save it, restore it."""
-        if self.hparams.psu_ckpt or int(self.pretrain_cfg["epochs"]) == 0:
-            return
-        from .psu import PSU
+        """`seminar-zoo experiment`: pretrain the PSU (unless ``psu_ckpt``), save it, restore it. Says at
+        start-up which settings each stage uses, and logs one line per epoch of both stages (:class:`EpochLog`)."""
+        from .psu import PSU, EpochLog
 
         cfg = dict(self.pretrain_cfg)
         epochs = int(cfg.pop("epochs"))
         limit = cfg.pop("limit_train_batches", None)
-        hp = self.hparams
+        hp, t = self.hparams, ctx.trainer
         cfg.setdefault("lambda_q", hp.lambda_q)
         cfg.setdefault("dropout", hp.dropout)
         cfg.setdefault("max_len", hp.max_len)
         cfg.setdefault("lr", hp.lr)
+        skip = f"skipped (psu_ckpt {hp.psu_ckpt})" if hp.psu_ckpt else "skipped (pretrain.epochs 0)" if not epochs else None
+        psu_line = skip or (f"{epochs} epochs (pretrain.epochs; trainer.max_epochs does not apply), lr {cfg['lr']}, "
+                            f"limit_train_batches {limit if limit is not None else t.limit_train_batches} "
+                            f"(pretrain.limit_train_batches, else trainer's), "
+                            f"losses w_align/w_next/w_relevance {cfg.get('w_align', 1.0)}/{cfg.get('w_next', 1.0)}/"
+                            f"{cfg.get('w_relevance', 1.0)}")
+        rank_zero_info(f"[seminar] stage 1 (psu pretraining): {psu_line}; stage 2 (finetune): {t.max_epochs} epochs "
+                       f"(trainer.max_epochs), lr {hp.lr}, limit_train_batches {t.limit_train_batches}, "
+                       f"retrieval {hp.retrieval} at test time")
+        if not any(isinstance(c, EpochLog) for c in t.callbacks):
+            t.callbacks.append(EpochLog("finetune"))
+        if skip:
+            return
         psu = PSU(data_meta=hp.data_meta, embed_dim=hp.embed_dim, num_heads=hp.num_heads, **cfg)
-        over = dict(max_epochs=epochs, enable_checkpointing=False)
+        over = dict(max_epochs=epochs, enable_checkpointing=False, callbacks=[EpochLog("psu")])
         if limit is not None:
             over["limit_train_batches"] = limit
         trainer = ctx.make_trainer("psu", **over)
@@ -244,61 +244,6 @@ class SEMINAR(RecModel):
         idx, sel = masked_topk(s, mask, k)
         return idx, sel, s
 
-    # ---------------------------------------------------------------- retrieval: pq
-    @property
-    def _pq_active(self) -> bool:
-        return self.pq_index is not None and getattr(self, "_pq_on", False)
-
-    def pq_retrieval(self, on: bool = True) -> None:
-        """Switch the GSU to PQ scores (``retrieval: pq``; test/predict do this themselves) or back to exact."""
-        if on and self.pq_index is None:
-            raise RuntimeError("pq_retrieval: this model was built with retrieval: exact")
-        self._pq_on = bool(on)
-
-    def _pq_check(self) -> None:
-        if not bool(self.pq_index.is_fitted):
-            raise RuntimeError("retrieval: pq: the quantizer has no codebooks yet; call fit_pq(datamodule)")
-
-    def _pq_scores(self, t: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Approximate GSU scores from per-modality vectors (t [B, M, d], kv [B, L, M, d])."""
-        self._pq_check()
-        codes = self.pq_index.encode(kv.detach().float())
-        return self.pq_index.score(self.pq_index.lut(t.detach().float()), codes, mask)
-
-    @torch.no_grad()
-    def fit_pq(self, dm, seed: int = 0) -> None:
-        """Fit the product quantizer's codebooks on GSU key vectors of training histories.
-
-        Rows are a seeded sample of the train split (the same on every process), so all processes
-        fit the same codebooks.
-        """
-        if self.pq_index is None:
-            raise RuntimeError("fit_pq: this model was built with retrieval: exact")
-        dm.setup()
-        if self.item_encoder.item_attr.abs().sum() == 0 and hasattr(dm, "feature_tables"):
-            self.load_tables(dm.feature_tables())
-        ds = dm.splits["train"]
-        was = self.training
-        self.eval()
-        g = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(ds), generator=g)
-        vecs, n = [], 0
-        for s in range(0, len(order), 64):
-            b = ds.__getitems__(order[s:s + 64].tolist())
-            h, q, m = self.history(b)
-            h, q, m = h.to(self.device), q.to(self.device), m.to(self.device)
-            kv = self.gsu.attn.k(self.gsu.proj(self.modal(h, q)))[m]  # [n, M, d] real behaviours only
-            vecs.append(kv.float().cpu())
-            n += kv.shape[0]
-            if n >= self._pq_fit_rows:
-                break
-        self.pq_index.fit(torch.cat(vecs)[: self._pq_fit_rows].to(self.device))
-        self.train(was)
-
-    def before_test(self, ctx) -> None:
-        if self.pq_index is not None:
-            self.fit_pq(ctx.datamodule)
-
     # ---------------------------------------------------------------- forward
     def interest(self, batch: Dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         h, q, m = self.history(batch)
@@ -311,31 +256,9 @@ class SEMINAR(RecModel):
         K = min(self.hparams.topk, L)
         bias = None
         if self.hparams.use_gsu:
-            if self._pq_active:
-                # approximate selection: history keys encoded once per distinct history, per-row tables
-                self._pq_check()
-                t = self.gsu.attn.q(self.gsu.proj(self.modal(batch["item_id"], batch["query_id"]))) * self.gsu.scale
-                k_u = self.gsu.attn.k(self.gsu.proj(self.modal(hu, qu)))  # [U, L, M, d]
-                codes = self.pq_index.encode(k_u.float())[inv]
-                s_pq = self.pq_index.score(self.pq_index.lut(t.float()), codes, m)
-                idx, sel = masked_topk(s_pq, m, K)
-                if self._collect:  # recall@K of the exact GSU's top-K
-                    with torch.no_grad():
-                        ex, ex_sel = masked_topk(self.gsu.scores_from_keys(target, self.gsu.attn.k(hist_pair_u)[inv], m), m, K)
-                        hit = torch.zeros_like(m).scatter(1, idx, sel)
-                        found = (hit.gather(1, ex) & ex_sel).sum(1).float()
-                        self._recall.append(torch.stack([found.sum(), ex_sel.sum().float()]).cpu())
-                if self.hparams.gsu_bias:  # exact scores of the K selected only
-                    k_sel = gather_rows(self.gsu.attn.k(hist_pair_u)[inv], idx)
-                    bias = self.gsu.scores_from_keys(target, k_sel, sel).masked_fill(~sel, 0.0)
-            else:
-                s = self.gsu.scores_from_keys(target, self.gsu.attn.k(hist_pair_u)[inv], m)
-                idx, sel = masked_topk(s, m, K)
-                if self.hparams.gsu_bias:
-                    bias = gather_rows(s, idx).masked_fill(~sel, 0.0)
+            idx, sel, bias = self.gsu_select(batch, target, hu, qu, inv, m, self.gsu.attn.k(hist_pair_u), K)
             keys = gather_rows(hist_pair, idx)
         else:
-            idx = torch.arange(L - K, L, device=h.device).expand(h.shape[0], K)
             keys, sel = hist_pair[:, -K:], m[:, -K:]
         if self._collect and self.hparams.use_gsu:
             self._collect_shares(batch, target, hu, qu, inv, m)
@@ -369,13 +292,10 @@ class SEMINAR(RecModel):
         return cold
 
     def on_test_epoch_start(self) -> None:
-        if self.pq_index is not None:
-            if not bool(self.pq_index.is_fitted):
-                self.fit_pq(self.trainer.datamodule)
-            self._pq_on = True
+        self._pq_start()
         self.cold_auc.reset()
         self._shares = []
-        self._recall = []
+        self._reset_gsu_stats()
         self._collect = True
 
     def test_step(self, batch, batch_idx):
@@ -389,10 +309,7 @@ class SEMINAR(RecModel):
         return logits
 
     def on_predict_epoch_start(self) -> None:
-        if self.pq_index is not None:
-            if not bool(self.pq_index.is_fitted):
-                self.fit_pq(self.trainer.datamodule)
-            self._pq_on = True
+        self._pq_start()
 
     def on_predict_epoch_end(self) -> None:
         self._pq_on = False
@@ -419,14 +336,11 @@ class SEMINAR(RecModel):
             if float(both[-1]) > 0:
                 for i, name in enumerate(names):
                     extra[f"test/modality_weight/{name}"] = float(both[i] / both[-1])
-        if self._pq_active:
-            r = torch.stack(self._recall).sum(0).double() if self._recall else torch.zeros(2, dtype=torch.double)
-            if dist:
-                r = r.to(self.device)
-                torch.distributed.all_reduce(r)
-            extra[f"test/gsu/recall@{self.hparams.topk}"] = float(r[0] / r[1].clamp_min(1))
+        if self.hparams.use_gsu:
+            extra.update(self.gsu_test_metrics())
         for name, w in zip(self.pair.item_modalities, self.pair.item_weights().tolist()):
             extra[f"test/gamma/{name}"] = w
         self.extra_test_metrics.update(extra)
         self.cold_auc.reset()
-        self._shares, self._recall, self._pq_on = [], [], False
+        self._shares, self._pq_on = [], False
+        self._reset_gsu_stats()

@@ -102,7 +102,7 @@ class FaissScanner:
         self.g_pad, self.lut_index, self.query_index = g_pad, None, None
         if codebooks is not None:
             cb = np.zeros((g_pad, self.k, codebooks.shape[-1]), np.float32)
-            cb[: self.g, : codebooks.shape[1]] = codebooks
+            cb[: len(codebooks), : codebooks.shape[1]] = codebooks
             self.query_index = self._index(faiss, cb, packed, fastscan=nbits == 4)
 
     @staticmethod
@@ -116,11 +116,14 @@ class FaissScanner:
         return faiss.IndexPQFastScan(idx) if fastscan else idx
 
     def _search(self, index, query: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-        k = min(k, self.n)
+        """One query ``[D]`` -> ([k], [k]); a batch ``[n, D]`` -> ([n, k], [n, k]) in one faiss call."""
+        k, many = min(k, self.n), query.ndim == 2
+        q = np.ascontiguousarray(query, dtype=np.float32).reshape(-1, index.d)
         if k == 0:
-            return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        d, i = index.search(np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1), k)
-        return d[0], i[0]
+            d, i = np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        else:
+            d, i = index.search(q, k)
+        return (d, i) if many else (d[0], i[0])
 
     def search(self, lut: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """Tables ``[G, K']`` (K' <= 2^nbits; missing entries are never addressed) -> top-k (scores, rows)."""
@@ -131,14 +134,15 @@ class FaissScanner:
             self.lut_index = self._index(faiss, onehot, self.packed, fastscan=self.nbits == 4)
         q = np.zeros((self.g_pad, self.k), np.float32)
         q[: self.g, : lut.shape[1]] = lut
-        return self._search(self.lut_index, q, k)
+        return self._search(self.lut_index, q.ravel(), k)
 
     def search_query(self, query: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-        """Query ``[G * s]`` against the loaded codebooks -> top-k (scores, rows)."""
+        """Query ``[G * s]`` (or a batch ``[n, G * s]``) against the loaded codebooks -> top-k (scores, rows)."""
         if self.query_index is None:
             raise RuntimeError("FaissScanner.search_query needs codebooks at construction")
-        q = np.zeros(self.query_index.d, np.float32)
-        q[: query.size] = np.asarray(query, np.float32).ravel()
+        query = np.asarray(query, np.float32)
+        q = np.zeros((*query.shape[:-1], self.query_index.d), np.float32)
+        q[..., : query.shape[-1]] = query
         return self._search(self.query_index, q, k)
 
     def scores(self, lut: np.ndarray) -> np.ndarray:

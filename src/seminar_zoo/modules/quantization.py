@@ -1,56 +1,43 @@
 """Multi-modal product quantization for SEMINAR's GSU (arXiv 2407.10714, Sec. 3.4, "approximate retrieval").
 
-SEMINAR scores a target pair against every behaviour of a lifelong history with
+SEMINAR scores a target against every behaviour, q_t . k_l = (sum_i gamma_i x_t^(i))^T (sum_j gamma_j x_l^(j))
+(exact, O(L M d)), and approximates it with product quantization: every modality vector of a behaviour is
+cut into ``n_sub`` sub-vectors, each replaced by the nearest of ``n_centroids`` k-means centroids of its
+(modality, sub-space) codebook: ``M x n_sub`` one-byte codes per behaviour, a score is a sum of look-ups.
 
-    q_t . k_l = (sum_i gamma_i x_t^(i))^T (sum_j gamma_j x_l^(j)),   l = 1..L            (exact, O(L M d))
+What this module computes, exactly: with ``k_hat_j`` the quantized behaviour vector of modality j, the
+behaviour side quantized and the target side exact (asymmetric distance computation),
 
-and approximates it with product quantization: every modality vector of a behaviour is cut into
-``n_sub`` sub-vectors, each replaced by the nearest of ``n_centroids`` k-means centroids of its
-(modality, sub-space) codebook, so a behaviour is stored as ``M x n_sub`` one-byte codes and its
-score is a sum of table look-ups.
+    s_l = sum_i sum_j <t_i, k_hat_{l,j}> = sum_j <sum_i t_i, k_hat_{l,j}>    (bilinearity: fold the target sum)
+        = sum_j sum_c <(sum_i t_i)[c], C[j, c, code_{l,j,c}]> = sum_j sum_c LUT[j, c, code_{l,j,c}].
 
-What this module computes, exactly
-----------------------------------
-Let ``k_hat_j`` be the quantized behaviour vector of modality j (its sub-vectors replaced by
-centroids).  The score we return is the double sum over modality pairs with the *behaviour* side
-quantized and the *target* side kept exact (asymmetric distance computation):
+The folding is an identity: the folded table gives exactly the double sum over the M x M modality pairs of
+the per-pair tables (:meth:`MultiModalPQ.lut` ``per_pair=True``; :meth:`MultiModalPQ.score` accepts
+either), with O(L M n_sub) gathers per request instead of the paper's O(L M^2 N_bit).
 
-    s_l = sum_i sum_j <t_i, k_hat_{l,j}>
-        = sum_j <sum_i t_i, k_hat_{l,j}>                         (bilinearity: fold the target sum first)
-        = sum_j sum_c <(sum_i t_i)[c], C[j, c, code_{l,j,c}]>     (k_hat_j is a concatenation of centroids)
-        = sum_j sum_c LUT[j, c, code_{l,j,c}]
+gamma weights, the G(j) projections and any further linear map shared by all modalities (W_K, heads)
+are applied *upstream*: the caller passes weighted, projected vectors to :meth:`fit` / :meth:`encode` /
+:meth:`lut`.  Differences from the reference implementation (``inference/eval_seminar_recall.py``):
 
-with ``LUT[j, c, k] = <(sum_i t_i) restricted to sub-space c, C[j, c, k]>``.  The folding is an
-identity, not an approximation: the folded table gives *exactly* the double sum over the M x M
-modality pairs of the per-pair tables (:meth:`MultiModalPQ.lut` with ``per_pair=True`` returns
-those, and :meth:`MultiModalPQ.score` accepts either).  It divides the look-up work by M:
-O(L M n_sub) gathers per request instead of the paper's O(L M^2 N_bit), and O(M K d) to build the
-table instead of O(M^2 K d).
-
-gamma weights and the GSU's per-modality projections G(j) are applied *upstream*: the caller
-passes already gamma-weighted, G(j)-projected behaviour vectors to :meth:`fit` / :meth:`encode`
-(``k_j = gamma_j G(j) x^(j)``) and the already weighted/projected target vectors (or their sum) to
-:meth:`lut`.  Because everything after them is linear, any further linear map shared by all
-modalities (a key projection W_K, a split into heads whose dot products are summed) can be applied
-the same way.
-
-Simplifications / differences from the reference implementation (``inference/eval_seminar_recall.py``)
-------------------------------------------------------------------------------------------------
 * The reference quantizes the target too and scores with centroid-centroid inner products
   (symmetric); we keep the target exact (asymmetric), which is at least as accurate and costs the
   same per behaviour because the table is built once per request.
 * Our own seeded, batched k-means (all ``M * n_sub`` codebooks at once, k-means++ or random
   initialisation, fixed iterations, empty clusters re-seeded with the worst-quantized points)
   instead of faiss' ProductQuantizer.
-* One codebook per (modality, sub-space); modalities must share the width ``dim``.
+* One codebook per (modality, sub-space); modalities share the width ``dim``.  ``n_sub`` may differ per
+  modality (bit allocation by score-variance share, ``pq_backends.allocate_subspaces``): the sub-spaces of
+  all modalities are then G = sum(n_sub) groups of width d / min(n_sub), narrower ones zero-padded (zeros
+  change no distance or inner product), and codes / tables are flat ``[..., G]`` / ``[B, G, K]``.
+* ``aniso_eta`` > 1: score-aware (anisotropic) codes and k-means assignments as in ScaNN (Guo et al.,
+  ICML 2020): the residual parallel to a vector weighs ``aniso_eta`` times the orthogonal one
+  (``kmeans.anisotropic_assign``); centroids stay cluster means (ScaNN solves a least-squares update).
 
 Scoring backends (``backend=``, see ``modules/pq_backends.py``): ``torch`` (the reference, any device),
 ``compile`` (torch.compile'd gather), ``faiss4`` (faiss 4-bit fast-scan, ``n_centroids <= 16``),
 ``faiss8`` (faiss 8-bit IndexPQ), ``auto`` (faiss on CPU without autograd when installed and the
 codes fit -- fast-scan for <= 16 centroids, IndexPQ for :meth:`topk` otherwise -- torch elsewhere).
-Speed and recall of each: ``seminar-zoo bench retrieval`` (experiments/results/retrieval.md).
-
-Usage::
+Speed and recall of each: ``seminar-zoo bench retrieval`` (experiments/results/retrieval.md).  Usage::
 
     pq = MultiModalPQ(n_modalities=4, dim=64, n_sub=8, n_centroids=256, seed=0).fit(train)  # [N, M, d]
     codes = pq.encode(history)              # [B, L, M, n_sub] uint8, cache once per history
@@ -60,7 +47,7 @@ Usage::
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -79,7 +66,8 @@ class MultiModalPQ(nn.Module):
     Args:
         n_modalities: M, the number of behaviour modalities.
         dim: d, the width of every modality vector.
-        n_sub: sub-vectors per modality; must divide ``dim``.
+        n_sub: sub-vectors per modality (must divide ``dim``), or one count per modality (see module docstring).
+        aniso_eta: weight of the parallel residual in the score-aware loss (1 = plain k-means / nearest codes).
         n_centroids: centroids per codebook; at most 256 so codes fit in uint8.
         n_iter: Lloyd iterations of k-means.
         seed: seeds the training subsample and the initialisation.
@@ -96,16 +84,20 @@ class MultiModalPQ(nn.Module):
             block is ~2x faster than one large one on CPU); eager scoring uses 8x this for its index blocks.
     """
 
-    def __init__(self, n_modalities: int, dim: int, n_sub: int = 8, n_centroids: int = 256, n_iter: int = 15,
+    def __init__(self, n_modalities: int, dim: int, n_sub: Union[int, Sequence[int]] = 8, n_centroids: int = 256,
+                 n_iter: int = 15, aniso_eta: float = 1.0,
                  seed: int = 0, init: str = "kmeans++", max_points_per_centroid: int = 64,
                  init_points_per_centroid: int = 16,
                  lut_dtype: str = "float32", backend: str = "torch", chunk_bytes: int = 2 << 20):
         super().__init__()
         if n_modalities < 1 or dim < 1:
             raise ValueError(f"MultiModalPQ: n_modalities and dim must be >= 1, got {n_modalities}, {dim}")
-        if n_sub < 1 or dim % n_sub != 0:
-            raise ValueError(f"MultiModalPQ: n_sub={n_sub} must be >= 1 and divide dim={dim} "
-                             f"(valid: {[s for s in range(1, dim + 1) if dim % s == 0]})")
+        subs = [n_sub] * n_modalities if isinstance(n_sub, int) else [int(x) for x in n_sub]
+        if len(subs) != n_modalities or any(x < 1 or dim % x for x in subs):
+            raise ValueError(f"MultiModalPQ: n_sub={n_sub} must be >= 1 and divide dim={dim} (one value, or one per "
+                             f"modality, M={n_modalities}; valid: {[s for s in range(1, dim + 1) if dim % s == 0]})")
+        if aniso_eta < 1:
+            raise ValueError(f"MultiModalPQ: aniso_eta must be >= 1 (1 = plain k-means), got {aniso_eta}")
         if not 2 <= n_centroids <= 256:
             raise ValueError(f"MultiModalPQ: n_centroids={n_centroids} must be in [2, 256] so codes fit in uint8")
         if init not in ("kmeans++", "random"):
@@ -121,21 +113,45 @@ class MultiModalPQ(nn.Module):
         if backend in FAISS_BACKENDS and not faiss_available():
             raise ValueError(f"MultiModalPQ: backend {backend} needs faiss (pip install faiss-cpu)")
         self.n_modalities, self.dim, self.n_sub, self.n_centroids = n_modalities, dim, n_sub, n_centroids
-        self.sub_dim = dim // n_sub
+        self.n_subs, self.sub_dim, self.aniso_eta = subs, dim // min(subs), float(aniso_eta)
+        self.code_shape = (n_modalities, n_sub) if isinstance(n_sub, int) else (sum(subs),)
         self.n_iter, self.seed, self.init = n_iter, seed, init
         self.max_points_per_centroid = max_points_per_centroid
         self.init_points_per_centroid = init_points_per_centroid
         self.lut_dtype, self.backend, self.chunk_bytes = lut_dtype, backend, chunk_bytes
         self._compile_failed = False
-        self.register_buffer("codebooks", torch.zeros(n_modalities, n_sub, n_centroids, self.sub_dim))
+        self.register_buffer("codebooks", torch.zeros(*self.code_shape, n_centroids, self.sub_dim))
         self.register_buffer("is_fitted", torch.tensor(False))
-        self.register_buffer("_offsets", torch.arange(n_modalities * n_sub) * n_centroids, persistent=False)
+        self.register_buffer("_offsets", torch.arange(sum(subs)) * n_centroids, persistent=False)
+        self.register_buffer("_modality", torch.repeat_interleave(torch.arange(n_modalities), torch.tensor(subs)),
+                             persistent=False)  # the modality of each (modality, sub-space) group
 
     # ------------------------------------------------------------------ properties
     @property
     def n_groups(self) -> int:
-        """M * n_sub: the number of codebooks (and of one-byte codes per behaviour)."""
-        return self.n_modalities * self.n_sub
+        """sum of n_sub over the modalities: the number of codebooks (and of one-byte codes per behaviour)."""
+        return len(self._modality)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., M, d]`` -> ``[..., G, s]`` sub-vectors of every (modality, sub-space), zero-padded to s."""
+        if len(self.code_shape) == 2:
+            return x.reshape(*x.shape[:-2], self.n_groups, self.sub_dim)
+        parts = [x[..., j, :].reshape(*x.shape[:-2], n, self.dim // n) for j, n in enumerate(self.n_subs)]
+        return torch.cat([torch.nn.functional.pad(p, (0, self.sub_dim - p.shape[-1])) for p in parts], -2)
+
+    def _merge(self, xg: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`_split`: ``[..., G, s]`` -> ``[..., M, d]``."""
+        if len(self.code_shape) == 2:
+            return xg.reshape(*xg.shape[:-2], self.n_modalities, self.dim)
+        parts = xg.split(self.n_subs, dim=-2)
+        return torch.stack([p[..., : self.dim // n].reshape(*p.shape[:-2], self.dim)
+                            for p, n in zip(parts, self.n_subs)], -2)
+
+    def _assign(self, xg: torch.Tensor, c: torch.Tensor):
+        """Codes of sub-vectors xg [G, N, s]: nearest centroid, or score-aware with ``aniso_eta`` > 1."""
+        if self.aniso_eta == 1.0:
+            return kmeans.assign(xg, c, self.chunk_bytes)
+        return kmeans.anisotropic_assign(xg, c, self._modality.to(xg.device), self.aniso_eta)
 
     @property
     def bytes_per_behaviour(self) -> int:
@@ -143,6 +159,7 @@ class MultiModalPQ(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"M={self.n_modalities}, d={self.dim}, n_sub={self.n_sub}, n_centroids={self.n_centroids}, "
+                f"{'aniso_eta=' + str(self.aniso_eta) + ', ' if self.aniso_eta != 1 else ''}"
                 f"bytes/behaviour={self.bytes_per_behaviour}, fitted={bool(self.is_fitted)}")
 
     # ------------------------------------------------------------------ checks
@@ -183,26 +200,11 @@ class MultiModalPQ(nn.Module):
         if n > cap:
             x = x[torch.randperm(n, generator=gen, device=x.device)[:cap]]
             n = cap
-        g, s, k = self.n_groups, self.sub_dim, self.n_centroids
-        # [N, M, d] -> [M, n_sub, N, s] -> [G, N, s]
-        xg = x.reshape(n, self.n_modalities, self.n_sub, s).permute(1, 2, 0, 3).reshape(g, n, s).contiguous()
-        c = kmeans.init_centroids(xg, k, self.init, self.init_points_per_centroid, gen)
-        ar = torch.arange(g, device=x.device)
-        for _ in range(self.n_iter):
-            assign, dist = kmeans.assign(xg, c, self.chunk_bytes)
-            sums = torch.zeros(g, k, s, device=x.device).scatter_add_(1, assign[..., None].expand(-1, -1, s), xg)
-            counts = torch.zeros(g, k, device=x.device).scatter_add_(1, assign, torch.ones_like(dist))
-            new = sums / counts.clamp_min(1.0)[..., None]
-            empty = counts == 0
-            if bool(empty.any()):
-                # re-seed empty clusters with the worst-quantized points of their codebook (vectorised:
-                # the r-th empty cluster of codebook g takes the r-th farthest point of g)
-                far = dist.topk(min(k, n), dim=1).indices  # [G, min(K, N)]
-                rank = (empty.long().cumsum(1) - 1).clamp(0, far.shape[1] - 1)
-                repl = xg[ar[:, None], far.gather(1, rank)]  # [G, K, s]
-                new = torch.where(empty[..., None], repl, new)
-            c = new
-        self.codebooks.copy_(c.reshape(self.n_modalities, self.n_sub, k, s))
+        xg = self._split(x).transpose(0, 1).contiguous()  # [G, N, s]
+        c = kmeans.init_centroids(xg, self.n_centroids, self.init, self.init_points_per_centroid, gen)
+        c = kmeans.lloyd(xg, c, self.n_iter, self.chunk_bytes, None if self.aniso_eta == 1 else
+                         (lambda cb: self._assign(xg, cb)))
+        self.codebooks.copy_(c.reshape(self.codebooks.shape))
         self.is_fitted.fill_(True)
         return self
 
@@ -216,27 +218,25 @@ class MultiModalPQ(nn.Module):
         self._check_fitted("encode")
         self._check_vectors(vectors, "encode")
         lead = vectors.shape[:-2]
-        x = vectors.detach().reshape(-1, self.n_modalities, self.n_sub, self.sub_dim).to(self.codebooks)
-        n = x.shape[0]
-        xg = x.permute(1, 2, 0, 3).reshape(self.n_groups, n, self.sub_dim)
-        cb = self.codebooks.reshape(self.n_groups, self.n_centroids, self.sub_dim)
-        idx, _ = kmeans.assign(xg, cb, self.chunk_bytes)  # [G, N]
-        return idx.to(torch.uint8).t().reshape(*lead, self.n_modalities, self.n_sub)
+        xg = self._split(vectors.detach().reshape(-1, self.n_modalities, self.dim).to(self.codebooks)).transpose(0, 1)
+        idx, _ = self._assign(xg, self.codebooks.reshape(self.n_groups, self.n_centroids, self.sub_dim))  # [G, N]
+        return idx.to(torch.uint8).t().reshape(*lead, *self.code_shape)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """``[..., M, n_sub]`` codes -> ``[..., M, d]`` reconstructed (quantized) vectors."""
         self._check_fitted("decode")
         self._check_codes(codes, "decode")
-        lead = codes.shape[:-2]
+        lead = codes.shape[:codes.dim() - len(self.code_shape)]
         c = codes.reshape(-1, self.n_groups).long().t()  # [G, N]
         cb = self.codebooks.reshape(self.n_groups, self.n_centroids, self.sub_dim)
         rec = cb[torch.arange(self.n_groups, device=c.device)[:, None], c]  # [G, N, s]
-        return rec.permute(1, 0, 2).reshape(*lead, self.n_modalities, self.dim)
+        return self._merge(rec.transpose(0, 1)).reshape(*lead, self.n_modalities, self.dim)
 
     def _check_codes(self, codes: torch.Tensor, what: str) -> None:
-        if codes.dtype != torch.uint8 or codes.dim() < 2 or tuple(codes.shape[-2:]) != (self.n_modalities, self.n_sub):
-            raise ValueError(f"MultiModalPQ.{what}: expected uint8 codes [..., M={self.n_modalities}, "
-                             f"n_sub={self.n_sub}] from encode(), got {codes.dtype} {tuple(codes.shape)}")
+        cs = self.code_shape
+        if codes.dtype != torch.uint8 or codes.dim() < len(cs) or tuple(codes.shape[codes.dim() - len(cs):]) != cs:
+            raise ValueError(f"MultiModalPQ.{what}: expected uint8 codes [..., {', '.join(map(str, cs))}] "
+                             f"(M={self.n_modalities}, n_sub={self.n_sub}) from encode(), got {codes.dtype} {tuple(codes.shape)}")
 
     # ------------------------------------------------------------------ look-up tables and scores
     def lut(self, target: torch.Tensor, per_pair: bool = False, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -262,10 +262,14 @@ class MultiModalPQ(nn.Module):
             raise ValueError(f"MultiModalPQ.lut: expected target [B, M_t, d={self.dim}] or fused [B, d={self.dim}], "
                              f"got {tuple(target.shape)}")
         t = t.to(self.codebooks.dtype)
-        ts = t.reshape(*t.shape[:-1], self.n_sub, self.sub_dim)
-        if per_pair:
+        if len(self.code_shape) == 1:  # per-modality n_sub: the target's sub-vector of every group
+            ts = self._split(t.unsqueeze(-2).expand(*t.shape[:-1], self.n_modalities, self.dim))
+            out = torch.einsum("...gs,gks->...gk", ts, self.codebooks)  # [B, (M_t,) G, K]
+        elif per_pair:
+            ts = t.reshape(*t.shape[:-1], self.n_sub, self.sub_dim)
             out = torch.einsum("bics,jcks->bijck", ts, self.codebooks)
-        else:  # one bmm over the sub-spaces (cheaper per request than einsum's planning)
+        else:
+            ts = t.reshape(*t.shape[:-1], self.n_sub, self.sub_dim)  # one bmm over the sub-spaces (cheaper per request than einsum's planning)
             key = (self.codebooks.data_ptr(), self.codebooks._version, self.codebooks.device)
             if getattr(self, "_cb_key", None) != key:  # cache the [n_sub, s, M*K] layout between requests
                 self._cb_t = self.codebooks.permute(1, 3, 0, 2).reshape(self.n_sub, self.sub_dim, -1)
@@ -280,8 +284,10 @@ class MultiModalPQ(nn.Module):
             if w.dim() != 2 or w.shape[-1] != self.n_modalities or w.shape[0] not in (1, out.shape[0]):
                 raise ValueError(f"MultiModalPQ.lut: weights must be [M={self.n_modalities}] or "
                                  f"[B={out.shape[0]}, M], got {tuple(weights.shape)}")
-            w = w[:, None, :, None, None] if per_pair else w[:, :, None, None]
-            out = out * w
+            if len(self.code_shape) == 1:
+                w = w[:, self._modality.to(w.device)]  # [B, G]
+            w = w.reshape(*w.shape, *[1] * (out.dim() - w.dim() - (1 if per_pair else 0)))
+            out = out * (w[:, None] if per_pair else w)
         return out
 
     def resolved_backend(self, device: torch.device, for_topk: bool = False) -> str:
@@ -316,13 +322,13 @@ class MultiModalPQ(nn.Module):
         ``codes``: ``[B, L, M, n_sub]`` uint8; ``mask``: ``[B, L]`` bool, False (padding) -> -inf.
         """
         self._check_codes(codes, "score")
-        if codes.dim() != 4:
-            raise ValueError(f"MultiModalPQ.score: codes must be [B, L, M, n_sub], got {tuple(codes.shape)}")
-        if lut.dim() == 5:
+        cs, k = self.code_shape, self.n_centroids
+        if codes.dim() != 2 + len(cs):
+            raise ValueError(f"MultiModalPQ.score: codes must be [B, L, {', '.join(map(str, cs))}], got {tuple(codes.shape)}")
+        if lut.dim() == len(cs) + 3:
             lut = lut.sum(1)
-        k = self.n_centroids
-        if lut.dim() != 4 or tuple(lut.shape[1:]) != (self.n_modalities, self.n_sub, k):
-            raise ValueError(f"MultiModalPQ.score: lut must be [B, M={self.n_modalities}, n_sub={self.n_sub}, "
+        if lut.dim() != len(cs) + 2 or tuple(lut.shape[1:]) != (*cs, k):
+            raise ValueError(f"MultiModalPQ.score: lut must be [B, {', '.join(map(str, cs))}, "
                              f"K={k}] (from lut()), got {tuple(lut.shape)}")
         b, l = codes.shape[:2]
         if lut.shape[0] != b:
@@ -353,29 +359,34 @@ class MultiModalPQ(nn.Module):
             out = out.masked_fill(~mask.bool(), float("-inf"))
         return out
 
-    def topk(self, target: torch.Tensor, codes: torch.Tensor, k: int,
-             mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def topk(self, target: torch.Tensor, codes: torch.Tensor, k: int, mask: Optional[torch.Tensor] = None,
+             inv: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Top-k behaviours by approximate score: ``(scores [B, k'], indices [B, k'])``, k' = min(k, L).
 
         Where fewer than k behaviours are real, the tail holds padded positions with score -inf.
+        ``inv`` ([B] long): ``codes`` / ``mask`` hold U distinct histories ``[U, L, ...]`` and row b uses
+        history ``inv[b]``; faiss then builds one index per history and searches all its rows in one call.
         """
         backend = self.resolved_backend(codes.device, for_topk=True)
         if backend not in FAISS_BACKENDS:
+            if inv is not None:
+                codes, mask = codes[inv], None if mask is None else mask[inv]
             s = self.score(self.lut(target), codes, mask)
             return s.topk(min(k, s.shape[1]), dim=1)
         self._check_codes(codes, "topk")
-        b, l = codes.shape[:2]
-        k = min(k, l)
-        m = torch.ones(b, l, dtype=torch.bool) if mask is None else mask.bool().cpu()
-        t = target.sum(1) if target.dim() == 3 else target
+        u, l = codes.shape[:2]
+        b, k = target.shape[0], min(k, l)
+        inv = torch.arange(u) if inv is None else inv.cpu()
+        m = torch.ones(u, l, dtype=torch.bool) if mask is None else mask.bool().cpu()
+        t = (target.sum(1) if target.dim() == 3 else target).detach().float().cpu()
+        t = self._split(t[:, None].expand(-1, self.n_modalities, -1).to(self.codebooks)).reshape(b, -1).cpu().numpy()
         vals, idx = torch.full((b, k), float("-inf")), torch.zeros(b, k, dtype=torch.long)
-        for i in range(b):
-            rows = m[i].nonzero().squeeze(1)
-            sc = self.scanner(codes[i, rows], backend)
-            d, j = sc.search_query(t[i].detach().float().cpu().repeat(self.n_modalities).numpy(), k)
-            n = len(j)
-            vals[i, :n], idx[i, :n] = torch.from_numpy(d), rows[torch.from_numpy(j)]
-            idx[i, n:] = (~m[i]).nonzero().squeeze(1)[: k - n]  # padding fills the tail, as the torch path does
+        for h in inv.unique().tolist():  # one index per distinct history, all of its rows at once
+            rows_b, rows = (inv == h).nonzero().squeeze(1), m[h].nonzero().squeeze(1)
+            d, j = self.scanner(codes[h, rows], backend).search_query(t[rows_b.numpy()], k)
+            n = j.shape[1]
+            vals[rows_b, :n], idx[rows_b, :n] = torch.from_numpy(d), rows[torch.from_numpy(j)]
+            idx[rows_b, n:] = (~m[h]).nonzero().squeeze(1)[: k - n]  # padding fills the tail, as torch does
         return vals.to(codes.device), idx.to(codes.device)
 
     @staticmethod

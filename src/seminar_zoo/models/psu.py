@@ -253,9 +253,16 @@ class EpochLog(pl.Callback):
 
     def __init__(self, stage: str):
         self.stage = stage
+        self._reset()
+
+    def _reset(self) -> None:
+        self._t0, self._rows, self._sums = time.perf_counter(), 0, defaultdict(float)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._reset()  # a fit resumed mid-epoch does not call on_train_epoch_start for that epoch
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._t0, self._rows, self._sums = time.perf_counter(), 0, defaultdict(float)
+        self._reset()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         rows = int(batch["label"].shape[0])

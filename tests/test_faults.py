@@ -42,8 +42,16 @@ def _env(tmp_path):
     return {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": pp}
 
 
+def _default_sigint():
+    # A shell's background job (`cmd &`, nohup, some CI runners) starts with SIGINT ignored, and
+    # children inherit that; Python then installs no KeyboardInterrupt handler. Restore the default
+    # so the Ctrl-C test tests our handling, not the caller's shell.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(args, tmp_path, rc=0, timeout=300):
-    r = subprocess.run(CLI + args, capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=_env(tmp_path))
+    r = subprocess.run(CLI + args, capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=_env(tmp_path),
+                       preexec_fn=_default_sigint)
     assert r.returncode == rc, r.stdout[-2000:] + r.stderr[-3000:]
     return r
 

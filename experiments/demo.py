@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ("din", "sim_soft", "seminar")
+QUICK = ("popularity", "din", "sim_soft", "seminar")  # popularity: the no-learning reference row
 QUICK_ARGS = dict(users=300, items=400, seq_len=60, epochs=1)
 FULL_ARGS = dict(users=600, items=800, seq_len=100, epochs=2)
 

@@ -45,22 +45,16 @@ def setup_venv() -> None:
 
 
 def single_positive_metrics(n_greater: np.ndarray, n_equal: np.ndarray, n_neg: np.ndarray) -> dict:
-    """Expected HR@K, NDCG@K, MRR and per-list AUC over random orders of tied scores.
+    """Tie-aware HR@K, NDCG@K, MRR and per-list AUC of one-positive lists from their counts of
+    negatives scoring above / equal to the positive: the zoo's own metric code (full-ranking path)."""
+    import torch
 
-    The positive's rank is 1 + n_greater + U, U uniform on {0..n_equal}.
-    """
-    out = {}
-    r0 = n_greater + 1
-    span = n_equal + 1
-    ranks = r0[:, None] + np.arange(int(span.max()))[None, :]
-    valid = np.arange(int(span.max()))[None, :] < span[:, None]
-    w = valid / span[:, None]
-    for k in KS:
-        out[f"hr@{k}"] = float(((ranks <= k) * w).sum(1).mean())
-        out[f"ndcg@{k}"] = float(((ranks <= k) / np.log2(ranks + 1) * w).sum(1).mean())
-    out["mrr"] = float((w / ranks).sum(1).mean())
-    out["auc"] = float((1 - (n_greater + 0.5 * n_equal) / np.maximum(n_neg, 1)).mean())
-    return out
+    from seminar_zoo.metrics import RankingMetrics
+
+    m = RankingMetrics(KS)
+    m.update_counts(*(torch.as_tensor(np.asarray(x, np.int64)) for x in (n_greater, n_equal, n_neg)))
+    r = m.compute()
+    return {k: float(r[k]) for k in (*(f"{n}@{k}" for k in KS for n in ("hr", "ndcg")), "mrr", "auc")}
 
 
 def prepare_job(args, dm, work: Path):

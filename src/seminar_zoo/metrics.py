@@ -171,6 +171,9 @@ class RankingMetrics(Metric):
         self.n_above.append(n_above.detach().long().flatten())
         self.n_equal.append(n_equal.detach().long().flatten())
         self.n_neg.append(n_neg.detach().long().flatten())
+        # torchmetrics only does this for ``update``: count the call and drop a cached compute()
+        self._update_count += 1
+        self._computed = None
 
     def compute(self) -> Dict[str, torch.Tensor]:
         dt = torch.float64

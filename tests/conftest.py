@@ -18,6 +18,6 @@ def tiny_data(tmp_path_factory):
 def tiny_dm(tiny_data):
     from seminar_zoo.data.datamodule import LifelongSequenceDataModule
 
-    dm = LifelongSequenceDataModule(str(tiny_data), max_len=40, batch_size=64, eval_batch_size=500)
+    dm = LifelongSequenceDataModule(str(tiny_data), max_len=40, batch_size=64, eval_batch_size=500, train_window=20)
     dm.setup()
     return dm

@@ -77,6 +77,42 @@ def test_train_window_and_cold_items(tiny_dm, tiny_data):
     assert set(tiny_dm.splits["test"].item.tolist()) & cold  # ...but do appear as test targets
 
 
+def test_all_positions_and_stride(tiny_data):
+    """train_window None: every position from the user's second behaviour up to the one before
+    the validation target; train_stride = max_len: histories ending at those targets tile the
+    log, so each position is a target (sample target or next item in a history) exactly once."""
+    from seminar_zoo.data.datamodule import LifelongSequenceDataModule
+
+    full = LifelongSequenceDataModule(str(tiny_data), max_len=7, train_negatives=0)
+    full.setup()
+    st, tr = full.store, full.splits["train"]
+    cnt = np.diff(st.offsets)[1:]
+    assert len(tr.user) == int(np.maximum(cnt - 3, 0).sum())
+    tiled = LifelongSequenceDataModule(str(tiny_data), max_len=7, train_negatives=0, train_stride="max_len")
+    tiled.setup()
+    ts = tiled.splits["train"]
+    covered = np.zeros(len(st.item), int)
+    for u, e in zip(ts.user, ts.end):  # history [max(start, e-7), e) and the target at e
+        lo = max(st.offsets[u], e - 7)
+        covered[lo + 1:e + 1] += 1  # positions predicted: all but the window's first behaviour
+    want = np.zeros(len(st.item), int)
+    for u in range(1, len(cnt) + 1):
+        want[st.offsets[u] + 1:st.offsets[u] + cnt[u - 1] - 2] = 1
+    assert np.array_equal(covered, want)  # every training position exactly once, nothing else
+
+
+def test_grouped_training_batches(tiny_data):
+    """Each training batch holds whole groups: a target followed by its sampled negatives."""
+    from seminar_zoo.data.datamodule import LifelongSequenceDataModule
+
+    dm = LifelongSequenceDataModule(str(tiny_data), max_len=10, batch_size=16, train_negatives=3)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["label"].shape == (64,)
+    assert batch["label"].view(16, 4).tolist() == [[1.0, 0.0, 0.0, 0.0]] * 16
+    assert (batch["request_id"].view(16, 4) == batch["request_id"].view(16, 4)[:, :1]).all()
+
+
 def test_ctr_protocol(tiny_data):
     dm = LifelongSequenceDataModule(str(tiny_data), protocol="ctr", max_len=30)
     dm.setup()

@@ -159,3 +159,71 @@ def test_rows_of_one_request_share_one_history_encoding(cls, kw):
     assert calls == [4]
     rep["request_id"] = torch.arange(12)  # every row its own request: no sharing
     assert torch.allclose(model(rep), shared, atol=1e-5) and calls == [4, 12]
+
+
+# ---- training recipe: losses (README "Training recipe")
+QMETA = {**META, "n_queries": 12, "modalities": ["id", "query"], "dims": {"query": 8}}
+
+
+@pytest.mark.parametrize("cls,kw", MODELS, ids=IDS)
+def test_full_softmax_logits_match_brute_force(cls, kw):
+    """all_item_logits == scoring every item one by one, with and without queries (the query's
+    share enters through the linear offset, not an [P, N, d] product)."""
+    for meta in (META, QMETA):
+        torch.manual_seed(0)
+        model = cls(data_meta=meta, embed_dim=16, position_len=16, dropout=0.0, lambda_q=0.3, **kw).eval()
+        if meta is QMETA:
+            model.query_encoder.query_text.normal_()
+        b = toy_batch(B=4)
+        if meta is QMETA:
+            b["query_id"] = torch.tensor([0, 3, 7, 12])
+            b["hist_query_id"] = (b["hist_item_id"] % 12) * b["hist_mask"]
+        fast = model.all_item_logits(b)
+        ids = torch.arange(N_ITEMS + 1).expand(4, -1)
+        slow = model.score_candidates(b, ids)
+        assert fast.shape == (4, N_ITEMS + 1)
+        assert torch.allclose(fast, slow, atol=1e-4)
+
+
+def test_listwise_losses_hand_computed():
+    model = make(SASRec, {"num_blocks": 1}, loss="softmax")
+    logits = torch.tensor([2.0, 0.0, 1.0, 0.5, 0.5, 0.5])  # groups [2, 0, 1] and [0.5, 0.5, 0.5]
+    label = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0])
+    ce1 = -(2.0 - torch.log(torch.exp(torch.tensor([2.0, 0.0, 1.0])).sum()))
+    ce2 = torch.log(torch.tensor(3.0))  # all tied: -log(1/3)
+    assert torch.isclose(model.listwise_loss(logits, label), (ce1 + ce2) / 2, atol=1e-6)
+    model.hparams.loss = "bpr"
+    s = torch.nn.functional.logsigmoid
+    want = -(s(torch.tensor(2.0)) + s(torch.tensor(1.0)) + 2 * s(torch.tensor(0.0))) / 4
+    assert torch.isclose(model.listwise_loss(logits, label), want, atol=1e-6)
+    with pytest.raises(ValueError, match="followed by its sampled negatives"):
+        model.listwise_loss(logits, torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 0.0]))
+
+
+def test_full_softmax_needs_a_dot_product_model():
+    from seminar_zoo.models.din import DIN
+
+    with pytest.raises(ValueError, match="full_softmax needs a model"):
+        DIN(data_meta=META, embed_dim=16, loss="full_softmax")
+
+
+@pytest.mark.parametrize("loss", ["full_softmax", "bce"])
+@pytest.mark.parametrize("cls,kw", MODELS, ids=IDS)
+def test_all_positions_step_uses_every_position(cls, kw, loss):
+    """The all-positions loss has a term for every valid next behaviour: changing the item that
+    follows position 2 changes the loss (it is a target), and every parameter gets a gradient."""
+    torch.manual_seed(0)
+    model = cls(data_meta=META, embed_dim=16, position_len=16, dropout=0.0, all_positions=True, loss=loss, **kw)
+    b = toy_batch(B=4, n_valid=8)
+    torch.manual_seed(1)
+    l1 = model._all_positions_step(b)
+    l1.backward()
+    grads = [p.grad for n, p in model.named_parameters() if p.requires_grad and not n.startswith(("tower", "query_encoder", "bias.time"))]
+    assert all(g is not None for g in grads)
+    c = dict(b)
+    c["hist_item_id"] = b["hist_item_id"].clone()
+    c["hist_item_id"][:, 3] = b["hist_item_id"][:, 3] % N_ITEMS + 1
+    torch.manual_seed(1)
+    with torch.no_grad():
+        l2 = model._all_positions_step(c)
+    assert not torch.isclose(l1.detach(), l2)

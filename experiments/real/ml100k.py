@@ -38,35 +38,39 @@ BIN = Path(sys.executable).parent / "seminar-zoo"
 # Two-stage models retrieve TOPK of the max_len (50) behaviours; with their default topk 50 the
 # search stage would keep the whole history and the comparison would not test retrieval at all.
 TOPK = ["--model.init_args.topk", "20"]
-# Every model: lr 0.005 instead of the configs' 0.001. ML-100K gives ~150 optimiser steps per epoch
-# and each item embedding a few dozen sparse updates, so at 0.001 every model is still far from
-# converged after the 3 epochs a shared CPU affords (DIN: HR@10 0.33 vs 0.5+ when trained longer).
+# Every model: lr 0.005 instead of the configs' 0.001 (each item embedding gets few sparse updates
+# on this small dataset; the tuning sweep experiments/sweeps/ml100k_tune.yaml searches around it).
 COMMON = ["--model.init_args.lr", "0.005"]
+# Target-attention models score each (history, target) pair, so an epoch over all ~97k training
+# targets costs 30-200 s on 2 CPU cores; each of their epochs is a fresh seeded random 20% of the
+# targets (Lightning's limit_train_batches over the shuffled sampler), so early stopping gets a
+# validation point every 20% of the data and every position is still seen over the epochs.
+SHARE = ["--trainer.limit_train_batches", "0.2"]
 MODELS = [
-    ("Popularity", "baselines/popularity.yaml", []),
+    ("Popularity", "baselines/popularity.yaml", ["--trainer.max_epochs", "1"]),
     ("SASRec", "baselines/sasrec.yaml", []),
     ("HSTU", "baselines/hstu.yaml", []),
-    ("DIN", "baselines/din.yaml", []),
-    ("SEMINAR", "experiments/seminar.yaml", ["--model.init_args.retrieval", "exact", *TOPK]),
-    ("SEMINAR-pq", "experiments/seminar_pq.yaml", TOPK),
-    ("SIM", "baselines/sim_hard.yaml", ["--model.init_args.category_attr", "attr_genre1", *TOPK]),
-    ("ETA", "baselines/eta.yaml", TOPK),
-    ("TWIN", "baselines/twin.yaml", TOPK),
-    ("SDIM", "baselines/sdim.yaml", []),
+    ("DIN", "baselines/din.yaml", SHARE),
+    ("SEMINAR", "experiments/seminar.yaml", ["--model.init_args.retrieval", "exact", *TOPK, *SHARE]),
+    ("SEMINAR-pq", "experiments/seminar_pq.yaml", [*TOPK, *SHARE]),
+    ("SIM", "baselines/sim_hard.yaml", ["--model.init_args.category_attr", "attr_genre1", *TOPK, *SHARE]),
+    ("ETA", "baselines/eta.yaml", [*TOPK, *SHARE]),
+    ("TWIN", "baselines/twin.yaml", [*TOPK, *SHARE]),
+    ("SDIM", "baselines/sdim.yaml", SHARE),
 ]
 WANTED = ["DIN", "SIM", "ETA", "SDIM", "TWIN", "SEMINAR (exact)", "SEMINAR (pq)"]
 PROTOCOLS = {
-    "ranking": {"metrics": ["test/ndcg@10", "test/hr@10", "test/mrr", "test/auc", "fit_seconds"],
-                "data": "runs/data/ml100k", "overrides": []},
-    # full ranking: trained and selected exactly as under ranking (validation on the same 99-negative
-    # lists), then each test target is ranked against every item its user never rated
-    "full": {"metrics": ["test/ndcg@10", "test/hr@10", "test/ndcg@50", "test/hr@50", "test/mrr", "test_seconds"],
-             "data": "runs/data/ml100k", "overrides": ["--data.protocol", "full"]},
-    "ctr": {"metrics": ["test/auc", "test/gauc", "fit_seconds"], "data": "runs/data/ml100k_ctr",
-            "overrides": ["--data.protocol", "ctr", "--data.train_window", "3"]},
+    "ranking": {"metrics": ["test/ndcg@10", "test/hr@10", "test/mrr", "test/auc", "epochs", "fit_seconds"],
+                "data": "runs/data/ml100k", "configs": []},
+    # full ranking: the ranking run's best checkpoint (trained and selected on the same 99-negative
+    # validation lists), tested with each target ranked against every item its user never rated
+    "full": {"metrics": ["test/ndcg@10", "test/hr@10", "test/ndcg@50", "test/hr@50", "test/mrr", "test_wall_seconds"],
+             "data": "runs/data/ml100k", "configs": []},
+    "ctr": {"metrics": ["test/auc", "test/gauc", "epochs", "fit_seconds"], "data": "runs/data/ml100k_ctr",
+            "configs": ["--config", "experiments/datasets/ml100k_ctr.yaml"]},
 }
 NAMES = {"test/ndcg@10": "NDCG@10", "test/hr@10": "HR@10", "test/ndcg@50": "NDCG@50", "test/hr@50": "HR@50",
-         "test/mrr": "MRR", "test/auc": "AUC", "test/gauc": "GAUC", "fit_seconds": "fit s", "test_seconds": "test s"}
+         "test/mrr": "MRR", "test/auc": "AUC", "test/gauc": "GAUC", "fit_seconds": "fit s", "test_seconds": "test s", "epochs": "epochs", "test_wall_seconds": "test wall s"}
 
 
 def sh(cmd, log=None, env=None):
@@ -100,36 +104,56 @@ def prepare(args) -> str:
     return enc
 
 
+def _run_one(args, proto, spec, seed, label, cfg, extra, env, failures):
+    run = ROOT / args.runs / proto / label / f"seed{seed}"
+    if (run / "metrics.json").exists():
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    extra = list(extra)
+    if proto == "full":
+        # no refit: test the ranking run's selected checkpoint under full ranking
+        src = ROOT / args.runs / "ranking" / label / f"seed{seed}"
+        rec = json.loads((src / "metrics.json").read_text()) if (src / "metrics.json").exists() else {}
+        ckpt = rec.get("best_checkpoint") or ""
+        if not ckpt or not Path(ckpt).exists():
+            failures.append(f"{label} (full, seed {seed}): no ranking checkpoint in {src}")
+            return
+        cmd = [BIN, "test", "--config", str(src / "config.yaml"), "--ckpt_path", ckpt, "--data.protocol", "full",
+               "--trainer.default_root_dir", run, "--trainer.enable_progress_bar", "false",
+               "--trainer.logger", "false", "--seed_everything", seed]
+    else:
+        psu = ROOT / args.runs / proto / "SEMINAR" / f"seed{seed}" / "psu" / "psu.ckpt"
+        if label == "SEMINAR-pq" and psu.exists():
+            # same pretrained PSU as the exact run of this seed: exact vs pq differ only in retrieval
+            extra += ["--model.init_args.psu_ckpt", str(psu)]
+        cmd = [BIN, "experiment", "--config", cfg, "--config", "experiments/datasets/ml100k.yaml",
+               *spec["configs"], "--data.path", spec["data"], *COMMON,
+               "--run_dir", run, "--name", label, "--seed_everything", seed,
+               "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", args.epochs, *extra,
+               *args.extra]
+    t0 = time.time()
+    rc = sh(cmd, log=run / "log.txt", env=env)
+    print(f"  {proto} {label} seed {seed}: exit {rc} in {time.time() - t0:.0f}s", flush=True)
+    if proto == "full" and rc == 0:  # `test` records no stage time: keep the command's wall time
+        rec = json.loads((run / "metrics.json").read_text())
+        rec["test_wall_seconds"] = time.time() - t0
+        (run / "metrics.json").write_text(json.dumps(rec, indent=1, sort_keys=True))
+    if rc:
+        tail = (run / "log.txt").read_text().strip().splitlines()[-1:] or [""]
+        failures.append(f"{label} ({proto}, seed {seed}): exit {rc}: {tail[0][:200]}")
+
+
 def run_all(args, models):
     env = dict(os.environ)
     env.setdefault("WANDB_MODE", "disabled")
     failures = []
-    # protocol, then seed, then model: wherever the script is stopped, every model has the same seeds
-    for proto, spec in PROTOCOLS.items():
-        if proto not in args.protocols:
-            continue
-        for seed in args.seeds:
+    # seed, then protocol, then model: wherever the script is stopped, the finished seeds are complete
+    for seed in args.seeds:
+        for proto, spec in PROTOCOLS.items():
+            if proto not in args.protocols:
+                continue
             for label, cfg, extra in models:
-                run = ROOT / args.runs / proto / label / f"seed{seed}"
-                if (run / "metrics.json").exists():
-                    continue
-                run.mkdir(parents=True, exist_ok=True)
-                extra = list(extra)
-                psu = ROOT / args.runs / proto / "SEMINAR" / f"seed{seed}" / "psu" / "psu.ckpt"
-                if label == "SEMINAR-pq" and psu.exists():
-                    # same pretrained PSU as the exact run of this seed: exact vs pq differ only in retrieval
-                    extra += ["--model.init_args.psu_ckpt", str(psu)]
-                cmd = [BIN, "experiment", "--config", cfg, "--config", "experiments/datasets/ml100k.yaml",
-                       "--data.path", spec["data"], *spec["overrides"], *COMMON, *extra,
-                       "--run_dir", run, "--name", label, "--seed_everything", seed,
-                       "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", args.epochs,
-                       *args.extra]
-                t0 = time.time()
-                rc = sh(cmd, log=run / "log.txt", env=env)
-                print(f"  {proto} {label} seed {seed}: exit {rc} in {time.time() - t0:.0f}s", flush=True)
-                if rc:
-                    tail = (run / "log.txt").read_text().strip().splitlines()[-1:] or [""]
-                    failures.append(f"{label} ({proto}, seed {seed}): exit {rc}: {tail[0][:200]}")
+                _run_one(args, proto, spec, seed, label, cfg, extra, env, failures)
     return failures
 
 
@@ -181,10 +205,10 @@ def main(argv=None):
     ap.add_argument("--raw", default=str(ROOT.parent / "shared" / "data" / "ml-100k"))
     ap.add_argument("--runs", default="runs/real/ml100k", help="run folders (relative to the repo root)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=40, help="at most; early stopping on validation NDCG@10 (AUC under ctr)")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                     help="further `seminar-zoo experiment` overrides, passed to every run (must come last)")
-    ap.add_argument("--protocols", nargs="+", default=["ranking", "ctr"], choices=list(PROTOCOLS))
+    ap.add_argument("--protocols", nargs="+", default=["ranking", "full", "ctr"], choices=list(PROTOCOLS))
     ap.add_argument("--models", nargs="+", default=None, help="labels to run (default: all whose config exists)")
     ap.add_argument("--text-encoder", default="auto", choices=["auto", "minilm", "hash"])
     ap.add_argument("--force-prepare", action="store_true")
@@ -216,33 +240,38 @@ def main(argv=None):
               f"(title + genres, encoder `{m.get('text', {}).get('encoder', {}).get('name', enc)}`). "
               "No queries and no images (meta.json `absent_modalities`): SEMINAR's query fusion has nothing to "
               "act on here.",
-              f"Settings: `experiments/datasets/ml100k.yaml` (max_len {dcfg.get('max_len')}, batch "
-              f"{dcfg.get('batch_size')}, validation on the first {tcfg.get('limit_val_batches', 1.0):.0%} of the "
-              f"validation users), {args.epochs} epochs, "
-              f"seeds {args.seeds} (`seed_everything`; DataModule seed fixed at 0), best-val-AUC checkpoint "
-              "tested. Model hyper-parameters: each model's own YAML, untuned, except lr = 0.005 for every model "
-              "(few optimiser steps on this small dataset) and topk = 20 for the two-stage "
-              "models (SIM, ETA, TWIN, SEMINAR) so that their search stage keeps 20 of the 50 behaviours, and "
-              "SIM's category attribute = attr_genre1 (first genre). SEMINAR-pq restores the PSU that the "
+              f"Settings: `experiments/datasets/ml100k.yaml` (max_len {dcfg.get('max_len')}, {dcfg.get('batch_size')} "
+              f"training targets per batch, validation on the first {tcfg.get('limit_val_batches', 1.0):.0%} of the "
+              f"validation users), seeds {args.seeds} (`seed_everything`; DataModule seed fixed at 0, so every model "
+              "sees the same candidates). **Training recipe** (README \"Training recipe\"): every training position "
+              f"is a target (train_window null); at most {args.epochs} epochs with early stopping (patience 5) on "
+              "validation NDCG@10, and the best-validation checkpoint is tested. SASRec and HSTU: one causal pass "
+              "per history with a loss term at every position, cross-entropy over the whole catalogue "
+              "(`all_positions`, `loss: full_softmax`, `train_stride: max_len`). Target-attention models (DIN, SIM, "
+              "ETA, SDIM, TWIN, SEMINAR): binary cross-entropy against 1 sampled unseen negative per target, each "
+              "epoch a seeded random 20% of the ~97k training targets (`--trainer.limit_train_batches 0.2`). "
+              "Model hyper-parameters: each model's own YAML, except lr = 0.005 for every model, topk = 20 for the "
+              "two-stage models (SIM, ETA, TWIN, SEMINAR) so that their search stage keeps 20 of the 50 behaviours, "
+              "and SIM's category attribute = attr_genre1 (first genre). SEMINAR-pq restores the PSU that the "
               "SEMINAR (exact) run of the same seed pretrained, then finetunes like it; only the test-time GSU "
-              "scorer differs (PQ codes + look-up tables; `recall@20` = overlap with the exact top-20). "
-              "Mean ± sample std over seeds.", ""]
+              "scorer differs. `epochs` = epochs run before early stopping. Mean ± sample std over seeds.", ""]
     for proto, spec in PROTOCOLS.items():
         d = ROOT / args.runs / proto
         if proto == "ranking":
             head = ("## Ranking protocol: leave-one-out by time; each user's last rating ranked against "
                     "**99 negatives drawn uniformly without replacement from the items the user never rated** "
-                    "(seeded); every rating is a positive; "
-                    f"train_window {dcfg.get('train_window')}, 1 sampled unseen negative per training target. "
+                    "(seeded); every rating is a positive. "
                     "AUC = mean per-list AUC; metrics are tie-aware and computed from logits")
         elif proto == "full":
             head = ("## Full ranking: the same test targets ranked against **every item the user never rated** "
-                    "(~1,580 per user); trained and selected exactly as under ranking (separate runs, same seeds); "
-                    "`test s` = wall time of the test stage (full ranking of 943 users)")
+                    "(~1,580 per user); the ranking runs' selected checkpoints, tested again (`seminar-zoo test "
+                    "--data.protocol full`); "
+                    "`test wall s` = wall time of that `test` command (full ranking of 943 users, plus ~8 s of start-up)")
         else:
             head = ("## CTR protocol: every rating is a labelled sample, rating >= 4 -> 1, else 0 (no sampled "
                     "negatives); per user the last pseudo-request (block of >= 10 ratings) is test, the one "
-                    "before validation, the " + PROTOCOLS["ctr"]["overrides"][-1] + " before that training; AUC over all "
+                    "before validation, the 3 before that training (`experiments/datasets/ml100k_ctr.yaml`); selection and "
+                    "early stopping on validation AUC; AUC over all "
                     "test samples, GAUC per user (weighted by samples)")
         parts += [head, ""]
         table = None

@@ -52,7 +52,9 @@ def _make_cli_class():
                 "logger": {"class_path": "seminar_zoo.tracking.ZooWandbLogger"},
                 "enable_model_summary": False,
                 "num_sanity_val_steps": 0,
-                "deterministic": False,
+                # multi-threaded CPU kernels (e.g. index_add in embedding backward on large batches) are
+                # not bitwise reproducible otherwise, and exact resume needs them to be
+                "deterministic": "warn",
             })
             super().__init__(RecModel, LifelongSequenceDataModule, subclass_mode_model=True,
                              auto_configure_optimizers=False, *args, **kwargs)
@@ -157,7 +159,8 @@ class ExperimentContext:
         kw = dict(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
                   max_epochs=t.max_epochs, num_nodes=t.num_nodes, enable_model_summary=False,
                   default_root_dir=str(self.run_dir / subdir), num_sanity_val_steps=0,
-                  limit_train_batches=t.limit_train_batches, enable_progress_bar=t.enable_progress_bar)
+                  limit_train_batches=t.limit_train_batches, enable_progress_bar=t.enable_progress_bar,
+                  deterministic=t.deterministic)
         kw["logger"] = ZooWandbLogger(save_dir=str(self.run_dir / subdir), name=f"{self.name}-{subdir}")
         kw.update(overrides)
         ckpt_dir = self.run_dir / subdir / "checkpoints"

@@ -25,6 +25,10 @@ from typing import Dict, List, Optional
 from .data.schema import DatasetError, validate_dataset
 
 
+# training losses of RecModel (models/base.py, README "Training recipe")
+LOSSES = ("bce", "softmax", "bpr", "full_softmax")
+
+
 class UsageError(DatasetError):
     """A bad command-line argument; printed without a traceback, exit code 2."""
 
@@ -116,6 +120,20 @@ def preflight(argv: List[str], default_path: str = "runs/data/synthetic", warn=p
         short = model.rsplit(".", 1)[-1].lower()
         if short not in {n.lower() for n in names}:
             raise UsageError(f"--model {model}: unknown model; registered models: {', '.join(names)}")
+    stride = args.get("data.train_stride")
+    if stride is not None and str(stride) != "max_len":
+        _int_arg(args, "data.train_stride", 1)
+    loss = str(args.get("model.loss") or "bce")
+    if loss not in LOSSES:
+        raise UsageError(f"--model.init_args.loss {loss}: unknown loss; choose one of {', '.join(LOSSES)}")
+    protocol = str(args.get("data.protocol") or "ranking")
+    if loss != "bce" and protocol == "ctr":
+        raise UsageError(f"--model.init_args.loss {loss} needs sampled negatives (--data.protocol ranking or "
+                         "full); under ctr the labels are given, use loss bce")
+    n_neg = _int_arg(args, "data.train_negatives", 0)
+    if loss in ("softmax", "bpr") and n_neg == 0:
+        raise UsageError(f"--model.init_args.loss {loss} compares each target with its sampled negatives: "
+                         "--data.train_negatives must be >= 1")
     topk = _int_arg(args, "model.topk", 1)
     max_len = _int_arg(args, "model.max_len", 1) or _int_arg(args, "data.max_len", 1)
     if topk is not None and max_len is not None and topk > max_len:

@@ -34,7 +34,7 @@ embeddings are looked up by id from :meth:`feature_tables`, held by the model.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Literal, Optional
+from typing import Dict, Literal, Optional, Union
 
 import numpy as np
 import pytorch_lightning as pl
@@ -126,22 +126,31 @@ class LifelongSequenceDataModule(pl.LightningDataModule):
         protocol: ``ranking`` (leave-one-out vs sampled negatives), ``full`` (leave-one-out vs
             every unseen item) or ``ctr``.
         max_len: number of most recent behaviours in each history.
-        train_window: training targets per user (the most recent before val); None = all.
+        train_window: training targets per user (the most recent before val); None (default) = every
+            position, the way SASRec and RecBole train (README "Training recipe").
+        batch_size: training targets per batch; a batch holds each with its ``train_negatives``
+            negatives, right after it (``batch_size * (1 + train_negatives)`` rows).
         n_eval_negatives: sampled negatives per ranking evaluation target.
-        train_negatives: sampled negatives per ranking training target.
+        train_negatives: sampled negatives per ranking training target (0: positives only, for
+            models trained with a full softmax over the catalogue).
         seed: seeds the sampled negatives and the shuffle.
         repeat_targets: ``keep`` or ``drop`` (ranking/full) val/test targets that already occur
             in the user's earlier history (repeat consumption; see README "Evaluation protocol").
+        train_stride: under ranking/full, keep every ``train_stride``-th training target, counting
+            back from the last; with ``train_stride = max_len`` and a sequence model trained on all
+            positions (SASRec/HSTU ``all_positions``), each position is a target exactly once (the
+            history windows tile the log), which is SASRec's recipe and ~max_len x cheaper;
+            ``"max_len"`` = the DataModule's ``max_len``.
         full_val: under ``full``, rank the validation targets against every unseen item too;
             by default they use the ``n_eval_negatives`` sampled candidates of ``ranking`` (the
             same lists), which keeps per-epoch model selection cheap.
     """
 
     def __init__(self, path: str = "runs/data/synthetic", protocol: Literal["ranking", "full", "ctr"] = "ranking",
-                 max_len: int = 200, train_window: Optional[int] = 20, batch_size: int = 256,
+                 max_len: int = 200, train_window: Optional[int] = None, batch_size: int = 256,
                  eval_batch_size: int = 1000, num_workers: int = 0, n_eval_negatives: int = 99,
                  train_negatives: int = 1, seed: int = 0, repeat_targets: Literal["keep", "drop"] = "keep",
-                 full_val: bool = False):
+                 full_val: bool = False, train_stride: Union[int, Literal["max_len"]] = 1):
         super().__init__()
         if protocol not in ("ranking", "full", "ctr"):
             raise DatasetError(f"--data.protocol must be 'ranking', 'full' or 'ctr', got {protocol!r}")
@@ -149,6 +158,8 @@ class LifelongSequenceDataModule(pl.LightningDataModule):
             raise DatasetError(f"--data.repeat_targets must be 'keep' or 'drop', got {repeat_targets!r}")
         if max_len < 1:
             raise DatasetError(f"--data.max_len must be >= 1, got {max_len}")
+        if train_stride != "max_len" and (not isinstance(train_stride, int) or train_stride < 1):
+            raise DatasetError(f"--data.train_stride must be an integer >= 1 or 'max_len', got {train_stride!r}")
         # logger=False: the model's own ``max_len`` would clash when Lightning merges hparams;
         # the full CLI config (data included) is logged by the CLI instead.
         self.save_hyperparameters(logger=False)
@@ -254,9 +265,12 @@ class LifelongSequenceDataModule(pl.LightningDataModule):
         # training targets: the train_window behaviours before the validation target, never position 0
         last = cnt - 2
         first = np.maximum(1, last - hp.train_window) if hp.train_window is not None else np.ones_like(last)
-        n_tr = np.maximum(last - first, 0)
+        # every train_stride-th position counting back from the last one (stride 1: all of them)
+        k = hp.max_len if hp.train_stride == "max_len" else hp.train_stride
+        n_tr = np.maximum(-(-(last - first) // k), 0)
         u_tr = np.repeat(users, n_tr)
-        g_tr = np.repeat(st.offsets[users] + first, n_tr) + (np.arange(n_tr.sum()) - np.repeat(np.cumsum(n_tr) - n_tr, n_tr))
+        j = np.arange(n_tr.sum()) - np.repeat(np.cumsum(n_tr) - n_tr, n_tr)  # 0, 1, .. per user
+        g_tr = np.repeat(st.offsets[users] + last - 1 - (n_tr - 1) * k, n_tr) + j * k  # ascending
         out["train"] = (u_tr, g_tr)
         before_val = np.arange(len(st.item)) - st.offsets[st.user] < np.repeat(cnt - 2, cnt)
         self._train_counts = np.bincount(st.item[before_val], minlength=n_items + 1)
@@ -331,9 +345,11 @@ class LifelongSequenceDataModule(pl.LightningDataModule):
                                "users need at least 3 behaviours")
         trainer = getattr(self, "trainer", None)
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        group = ds.per_sample if train and ds.candidates is None else 1
         sampler = EpochShardSampler(ds, world, rank, shuffle=train, seed=self.hparams.seed,
-                                    encode_epoch=train and ds.n_train_neg > 0)
-        bs = self.hparams.batch_size if train else self.hparams.eval_batch_size
+                                    encode_epoch=train and ds.n_train_neg > 0, group=group)
+        # training: batch_size targets, each with its sampled negatives (whole groups, in order)
+        bs = self.hparams.batch_size * group if train else self.hparams.eval_batch_size
         nw = self.hparams.num_workers
         return DataLoader(ds, batch_size=bs, sampler=sampler, collate_fn=_collate, num_workers=nw,
                           persistent_workers=False, pin_memory=False)

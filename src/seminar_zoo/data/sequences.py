@@ -94,14 +94,21 @@ class EpochShardSampler(DistributedSampler):
     Subclasses DistributedSampler so Lightning leaves it in place under DDP. Eval
     shards are not padded, so a 2-process test sees every sample exactly once and
     gives the same metrics as 1 process (torchmetrics gathers uneven states).
+
+    ``group``: shuffle whole groups of ``group`` consecutive rows (a training target and its
+    sampled negatives), so a batch of ``k * group`` rows holds complete groups, in order, which
+    listwise losses (sampled softmax, BPR) need.
     """
 
-    def __init__(self, dataset, num_replicas: int, rank: int, shuffle: bool, seed: int, encode_epoch: bool):
+    def __init__(self, dataset, num_replicas: int, rank: int, shuffle: bool, seed: int, encode_epoch: bool,
+                 group: int = 1):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
-        self.encode_epoch = encode_epoch
+        self.encode_epoch, self.group = encode_epoch, max(1, int(group))
         n = len(dataset)
+        if n % self.group:
+            raise ValueError(f"{n} rows do not split into groups of {self.group}")
         if shuffle:
-            self.num_samples = -(-n // num_replicas)
+            self.num_samples = -(-n // self.group // num_replicas) * self.group
         else:
             lo, hi = n * rank // num_replicas, n * (rank + 1) // num_replicas
             self.num_samples = hi - lo
@@ -110,12 +117,14 @@ class EpochShardSampler(DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         n = len(self.dataset)
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            idx = torch.randperm(n, generator=g)
-            pad = self.total_size - n
+            g, k = torch.Generator().manual_seed(self.seed + self.epoch), self.group
+            idx = torch.randperm(n // k, generator=g)
+            pad = (self.total_size - n) // k
             if pad:
                 idx = torch.cat([idx, idx[:pad]])
             idx = idx[self.rank::self.num_replicas]
+            if k > 1:
+                idx = (idx[:, None] * k + torch.arange(k)).reshape(-1)
         else:
             lo = n * self.rank // self.num_replicas
             idx = torch.arange(lo, lo + self.num_samples)

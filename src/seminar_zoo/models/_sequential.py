@@ -79,6 +79,68 @@ class DotProductScoring:
         self._aux = {}
         return (self.target_vector(batch) * self.user_vector(batch)).sum(-1)
 
+    def _item_table(self, ref: torch.Tensor) -> torch.Tensor:
+        """[n_items + 1, d]: every item's target vector with query id 0 (row 0 = padding)."""
+        ids = torch.arange(int(self.hparams.data_meta["n_items"]) + 1, device=ref.device)
+        if self.pair is None:
+            return self.item_encoder.fused(ids)
+        return self.pair.fused(self.item_encoder, self.query_encoder, ids, torch.zeros_like(ids))
+
+    def _logits_all_items(self, u: torch.Tensor, item: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """[P, n_items + 1] logits of every item for user vectors ``u`` [P, d] whose targets carry
+        queries ``query`` [P]. A pair vector is linear in its query part (lambda * query), so
+        <u, pair(q, j)> = <u, pair(0, j)> + <u, pair(q, t) - pair(0, t)> for any item t: one
+        product with the item table plus a per-row offset."""
+        logits = u @ self._item_table(u).T
+        if self.pair is not None and self.pair.use_query:
+            delta = self.pair.fused(self.item_encoder, self.query_encoder, item, query) - \
+                self.pair.fused(self.item_encoder, self.query_encoder, item, torch.zeros_like(query))
+            logits = logits + (u * delta).sum(-1, keepdim=True)
+        return logits
+
+    def all_item_logits(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, n_items + 1] logits of every item id (column 0 = padding) for each row's history and
+        query: one product with the item table (the ``full_softmax`` loss, RecBole's ``CE``)."""
+        return self._logits_all_items(self.user_vector(batch), batch["item_id"], batch["query_id"])
+
+    def training_step(self, batch, batch_idx):
+        if not getattr(self.hparams, "all_positions", False):
+            return super().training_step(batch, batch_idx)
+        return self._all_positions_step(batch)
+
+    def _all_positions_step(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """SASRec's recipe (Kang & McAuley 2018, Sec. III-E/F): one causal pass over each history,
+        a loss term at every position for the behaviour that follows it (the last position: the
+        sample's target). ``full_softmax``: cross-entropy over every item; ``bce``: one item drawn
+        uniformly per position as its negative (the paper's Eq. 12)."""
+        self._aux = {}
+        pos = batch["label"] > 0.5
+        batch = {k: v[pos] for k, v in batch.items() if torch.is_tensor(v) and v.shape[:1] == pos.shape}
+        out = self.encode_sequence(batch)  # [B, L, d]
+        h, q, m = self.history(batch)
+        nxt_item = torch.cat([h[:, 1:], batch["item_id"][:, None]], 1)
+        nxt_query = torch.cat([q[:, 1:], batch["query_id"][:, None]], 1)
+        valid = m & torch.cat([m[:, 1:], torch.ones_like(m[:, :1])], 1)
+        u, item, query = out[valid], nxt_item[valid], nxt_query[valid]
+        loss_name = self.hparams.loss
+        if loss_name == "full_softmax":
+            logits = self._logits_all_items(u, item, query)
+            logits[:, 0] = float("-inf")
+            loss = torch.nn.functional.cross_entropy(logits, item)
+        elif loss_name == "bce":
+            n = int(self.hparams.data_meta["n_items"])
+            neg = torch.randint(1, n + 1, item.shape, device=item.device)
+            neg = torch.where(neg == item, neg % n + 1, neg)  # never the positive itself
+            tgt = lambda ids: self.target_vector({"item_id": ids, "query_id": query})  # noqa: E731
+            pl, nl = (u * tgt(item)).sum(-1), (u * tgt(neg)).sum(-1)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                torch.cat([pl, nl]), torch.cat([torch.ones_like(pl), torch.zeros_like(nl)]))
+        else:
+            raise ValueError(f"all_positions trains with loss full_softmax or bce, not {loss_name!r}")
+        self.log(f"train/{loss_name}", loss, batch_size=len(u))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(u))
+        return loss
+
     @torch.no_grad()
     def score_candidates(self, batch: Dict[str, torch.Tensor], item_ids: torch.Tensor) -> torch.Tensor:
         """[B, C] logits of ``item_ids`` [B, C] with one history encoding per row."""

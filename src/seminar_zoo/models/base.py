@@ -11,7 +11,7 @@ turns (target, history) into a user-interest vector.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Literal, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -39,18 +39,32 @@ class RecModel(pl.LightningModule):
             reference code feeds its baselines. None = on when the dataset has queries.
         lambda_q: the query's exact share of a pair vector (items: 1 - lambda_q; see
             :class:`~seminar_zoo.modules.pair.PairEncoder`), SEMINAR's fusion weight.
+        loss: training loss over a target and its ``train_negatives`` sampled negatives (README
+            "Training recipe"): ``bce`` (binary cross-entropy per row; the only one under ctr; with
+            one negative it is SASRec's loss, Kang & McAuley 2018 Eq. 12), ``softmax`` (sampled
+            softmax: cross-entropy of the target against its negatives), ``bpr`` (Rendle et al.
+            2009: -log sigmoid(target - negative), averaged over the negatives), ``full_softmax``
+            (cross-entropy over the whole catalogue, RecBole's ``CE``; only models whose score is a
+            dot product, SASRec and HSTU, which score every item in one matrix product).
     """
 
     def __init__(self, data_meta: Optional[dict] = None, embed_dim: int = 32, max_len: Optional[int] = None,
                  short_term_len: int = 0, num_heads: int = 4, tower_dims: List[int] = [128, 64],
                  dropout: float = 0.1, lr: float = 1e-3, weight_decay: float = 0.0,
-                 use_queries: Optional[bool] = None, lambda_q: float = 0.5):
+                 use_queries: Optional[bool] = None, lambda_q: float = 0.5,
+                 loss: Literal["bce", "softmax", "bpr", "full_softmax"] = "bce"):
         super().__init__()
         if data_meta is None:
             raise ValueError("data_meta is required: build models through the CLI, or pass "
                              "LifelongSequenceDataModule(...).data_meta")
         if not 0.0 <= float(lambda_q) <= 1.0:
             raise ValueError(f"lambda_q must be in [0, 1], got {lambda_q}")
+        if loss not in ("bce", "softmax", "bpr", "full_softmax"):
+            raise ValueError(f"loss must be one of bce, softmax, bpr, full_softmax; got {loss!r}")
+        if loss == "full_softmax" and not hasattr(self, "all_item_logits"):
+            raise ValueError(f"loss full_softmax needs a model that scores the whole catalogue in one product "
+                             f"(SASRec, HSTU); {type(self).__name__} scores each (history, target) pair: use "
+                             "softmax or bce with --data.train_negatives")
         has_q = data_has_queries(data_meta)
         if use_queries and not has_q:
             raise ValueError(f"use_queries=True but dataset {data_meta.get('name', '?')!r} has no queries "
@@ -146,12 +160,17 @@ class RecModel(pl.LightningModule):
         full = stage != "train" and "seen_ptr" in batch
         if full:  # full ranking: before the plain forward, so a model's per-forward state ends on [B] rows
             self._full_rank_update(batch, metrics)
+        if stage == "train" and self.hparams.loss == "full_softmax":
+            return self._full_softmax_step(batch)
         logits = self(batch)
         loss = F.binary_cross_entropy_with_logits(logits, batch["label"])
         bs = batch["label"].shape[0]
         if stage == "train":
-            total = loss + sum(self._aux.values()) if self._aux else loss
             self.log("train/bce", loss, prog_bar=False, batch_size=bs)
+            if self.hparams.loss != "bce":
+                loss = self.listwise_loss(logits, batch["label"])
+                self.log(f"train/{self.hparams.loss}", loss, batch_size=bs)
+            total = loss + sum(self._aux.values()) if self._aux else loss
             for k, v in self._aux.items():
                 self.log(f"train/{k}", v, batch_size=bs)
             self.log("train/loss", total, prog_bar=True, batch_size=bs)
@@ -160,6 +179,32 @@ class RecModel(pl.LightningModule):
             metrics.update(logits, batch["label"], batch["request_id"], batch["user_id"])
         self.log(f"{stage}/loss", loss, batch_size=bs, sync_dist=True)
         return loss
+
+    def listwise_loss(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """Sampled softmax or BPR over groups [target, its negatives]: the DataModule puts each
+        training target right before its ``train_negatives`` negatives (whole groups per batch)."""
+        n_pos = int(label.sum().item())
+        per = label.numel() // max(n_pos, 1)
+        grid, lab = logits.view(-1, per), label.view(-1, per)
+        if n_pos * per != label.numel() or per < 2 or not bool((lab[:, 0] == 1).all() and (lab[:, 1:] == 0).all()):
+            raise ValueError(f"loss {self.hparams.loss} needs each positive followed by its sampled negatives "
+                             "(ranking/full protocol with --data.train_negatives >= 1)")
+        if self.hparams.loss == "softmax":
+            return F.cross_entropy(grid, torch.zeros(len(grid), dtype=torch.long, device=grid.device))
+        return -F.logsigmoid(grid[:, :1] - grid[:, 1:]).mean()
+
+    def _full_softmax_step(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Cross-entropy of each positive row's target over every item (padding id 0 excluded)."""
+        pos = batch["label"] > 0.5
+        rows = {k: v[pos] for k, v in batch.items() if torch.is_tensor(v) and v.shape[:1] == pos.shape}
+        self._aux = {}
+        logits = self.all_item_logits(rows)  # [P, n_items + 1]
+        logits[:, 0] = float("-inf")
+        loss = F.cross_entropy(logits, rows["item_id"])
+        total = loss + sum(self._aux.values()) if self._aux else loss
+        self.log("train/full_softmax", loss, batch_size=len(rows["item_id"]))
+        self.log("train/loss", total, prog_bar=True, batch_size=len(rows["item_id"]))
+        return total
 
     # history cells (users x candidates x history length) per forward call of full ranking
     full_rank_cells: int = 1 << 21

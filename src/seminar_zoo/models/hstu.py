@@ -78,7 +78,7 @@ class HSTULayer(nn.Module):
 
 class HSTU(DotProductScoring, RecModel):
     def __init__(self, num_layers: int = 2, hstu_heads: int = 2, position_len: int = 200,
-                 time_buckets: int = 64, **kwargs):
+                 time_buckets: int = 64, all_positions: bool = False, **kwargs):
         super().__init__(**kwargs)
         d = self.hparams.embed_dim
         self.position = PositionEmbedding(position_len, d)

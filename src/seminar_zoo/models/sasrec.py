@@ -26,7 +26,7 @@ from .base import RecModel
 
 
 class SASRec(DotProductScoring, RecModel):
-    def __init__(self, num_blocks: int = 2, sasrec_heads: int = 1, position_len: int = 200, **kwargs):
+    def __init__(self, num_blocks: int = 2, sasrec_heads: int = 1, position_len: int = 200, all_positions: bool = False, **kwargs):
         super().__init__(**kwargs)
         d = self.hparams.embed_dim
         self.position = PositionEmbedding(position_len, d)

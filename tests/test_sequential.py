@@ -227,3 +227,20 @@ def test_all_positions_step_uses_every_position(cls, kw, loss):
     with torch.no_grad():
         l2 = model._all_positions_step(c)
     assert not torch.isclose(l1.detach(), l2)
+
+
+@pytest.mark.parametrize("cls,kw", MODELS, ids=IDS)
+def test_query_changes_the_ranking_of_a_request(cls, kw):
+    """A pair target vector is linear in its query, so without the query head a request's query
+    would shift all its candidates equally; with it, changing the query reorders the candidates."""
+    torch.manual_seed(0)
+    model = cls(data_meta=QMETA, embed_dim=16, position_len=16, dropout=0.0, **kw).eval()
+    model.query_encoder.query_text.normal_()
+    b = toy_batch(B=2)
+    ids = torch.arange(1, N_ITEMS + 1).expand(2, -1)
+    b["query_id"] = torch.tensor([1, 1])
+    s1 = model.score_candidates(b, ids)
+    b["query_id"] = torch.tensor([5, 5])
+    s2 = model.score_candidates(b, ids)
+    assert not torch.equal(s1.argsort(-1), s2.argsort(-1))
+    assert torch.allclose(model.all_item_logits(b)[:, 1:], s2, atol=1e-4)

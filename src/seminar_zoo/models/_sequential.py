@@ -57,6 +57,22 @@ class DotProductScoring:
         h, q, m = self.history(batch)
         return self.history_vectors(h, q), m
 
+    def build_query_head(self) -> None:
+        """With queries, the user vector gets ``P(query vector of the target)``: a pair target vector
+        is linear in its query, so <u, pair(q, j)> shifts every candidate of a request by the same
+        amount and the query could not change a ranking; ``<P q, item_j>`` lets it (a
+        query-conditioned user vector, as search-aware sequential recommenders feed the query)."""
+        self.query_head = None
+        if self.pair is not None and self.pair.use_query:
+            d = self.hparams.embed_dim
+            self.query_head = nn.Linear(d, d)
+
+    def query_term(self, query_ids: torch.Tensor) -> torch.Tensor:
+        """[..., d] added to the user vector (0 without queries)."""
+        if getattr(self, "query_head", None) is None:
+            return torch.zeros((), device=query_ids.device)
+        return self.query_head(self.query_encoder(query_ids))
+
     def user_vector(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         """[B, d]; rows that share a request (a ranking list's candidates, a target and its
         sampled negatives) and the same history are encoded once."""
@@ -64,8 +80,8 @@ class DotProductScoring:
         if rows is not None:
             first, inv = rows
             sub = {k: v[first] for k, v in batch.items() if torch.is_tensor(v) and v.shape[:1] == inv.shape}
-            return self._user_vector(sub)[inv]
-        return self._user_vector(batch)
+            return self._user_vector(sub)[inv] + self.query_term(batch["query_id"])
+        return self._user_vector(batch) + self.query_term(batch["query_id"])
 
     def _user_vector(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.encode_sequence(batch)  # [B, L, d]
@@ -122,6 +138,7 @@ class DotProductScoring:
         nxt_query = torch.cat([q[:, 1:], batch["query_id"][:, None]], 1)
         valid = m & torch.cat([m[:, 1:], torch.ones_like(m[:, :1])], 1)
         u, item, query = out[valid], nxt_item[valid], nxt_query[valid]
+        u = u + self.query_term(query)  # each position predicts its next behaviour under that one's query
         loss_name = self.hparams.loss
         if loss_name == "full_softmax":
             logits = self._logits_all_items(u, item, query)

@@ -15,9 +15,11 @@ full ranking encodes a history once.
 Simplified / differs from the paper:
 - a ranking-only head (dot product), no interleaved action tokens and no
   M-FALCON micro-batched inference;
-- items are the zoo's multi-modal (optionally query-fused) vectors, not ID-only;
-- one training target per sample through the zoo's shared loss (sampled-negative
-  BCE) instead of the autoregressive sampled-softmax over every position;
+- items are the zoo's multi-modal (optionally query-fused) vectors, not ID-only; with
+  queries the user vector also gets a projection of the target's query;
+- trained autoregressively over every position (``all_positions: true``, the shipped
+  config) with a full softmax over the catalogue (``loss: full_softmax``) instead of
+  the paper's sampled softmax over in-batch and random negatives;
 - without timestamps in the batch only the relative-position bias is used.
 """
 from __future__ import annotations
@@ -86,6 +88,7 @@ class HSTU(DotProductScoring, RecModel):
         self.bias = RelativeBias(position_len, time_buckets)
         self.layers = nn.ModuleList(HSTULayer(d, hstu_heads, self.hparams.dropout) for _ in range(num_layers))
         self.final_norm = nn.LayerNorm(d)
+        self.build_query_head()
 
     def encode_sequence(self, batch):
         x, m = self.sequence_inputs(batch)

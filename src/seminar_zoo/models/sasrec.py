@@ -9,10 +9,13 @@ a history once (:meth:`score_candidates`).
 
 Simplified / differs from the paper:
 - items are the zoo's multi-modal item vectors (ID + attributes (+ text)), fused with
-  the query when the dataset has queries, instead of an ID embedding alone;
-- one training target per sample, through the zoo's shared loss (binary
-  cross-entropy against sampled negatives, as the paper's Eq. 12), instead of one
-  loss term per position of a single forward pass;
+  the query when the dataset has queries, instead of an ID embedding alone; with
+  queries the user vector also gets a projection of the target's query (the paper
+  has no queries; see :meth:`~._sequential.DotProductScoring.build_query_head`);
+- trained as the paper (``all_positions: true``, the shipped config: one causal pass,
+  a loss term at every position), with the loss of choice: ``bce`` with one sampled
+  negative per position is the paper's Eq. 12, ``full_softmax`` the cross-entropy
+  over all items that RecBole and later work use (the shipped default);
 - pre-layer-norm blocks (``nn.TransformerEncoderLayer(norm_first=True)``), a
   stable variant of the paper's block.
 """
@@ -35,6 +38,7 @@ class SASRec(DotProductScoring, RecModel):
                                            activation="relu", batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, num_blocks, enable_nested_tensor=False)
         self.final_norm = nn.LayerNorm(d)
+        self.build_query_head()
 
     def encode_sequence(self, batch):
         x, m = self.sequence_inputs(batch)

@@ -63,7 +63,7 @@ def prepare_job(args, dm, work: Path):
     users = st.user
     rank = np.arange(len(users)) - st.offsets[users]
     d = work / "atomic" / "ours"
-    d.mkdir(parents=True)
+    d.mkdir(parents=True, exist_ok=True)
     with open(d / "ours.inter", "w") as fh:
         fh.write("user_id:token\titem_id:token\ttimestamp:float\n")
         np.savetxt(fh, np.stack([users, st.item, rank], 1), fmt="%d", delimiter="\t")
@@ -107,6 +107,8 @@ def main(argv=None) -> None:
     ap.add_argument("--max-len", type=int, default=50)
     ap.add_argument("--n-eval-negatives", type=int, default=99)
     ap.add_argument("--out", default="experiments/results/recbole_parity")
+    ap.add_argument("--work", default=None, help="keep each (model, seed) job here and reuse finished ones "
+                    "(long runs resume after an interruption); default: a temporary folder")
     args = ap.parse_args(argv)
     if args.setup:
         setup_venv()
@@ -124,11 +126,20 @@ def main(argv=None) -> None:
     n_items = int(dm.data_meta["n_items"])
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = Path(args.work) if args.work else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         test, hist = prepare_job(args, dm, work)
         for model in args.models:
             for seed in args.seeds:
                 job_dir = work / f"{model}-{seed}"
+                done = job_dir / "run.json"
+                if done.exists():  # finished in an earlier invocation with --work
+                    runs.append(json.loads(done.read_text()))
+                    continue
+                if job_dir.exists():
+                    import shutil
+
+                    shutil.rmtree(job_dir)
                 job_dir.mkdir()
                 np.save(job_dir / "histories.npy", hist)
                 job = {"data_path": str(work / "atomic"), "dataset": "ours", "model": model, "seed": seed,
@@ -146,7 +157,9 @@ def main(argv=None) -> None:
                     sys.exit(1)
                 rb = json.loads((job_dir / "recbole_result.json").read_text())
                 res = evaluate(np.load(job_dir / "scores.npy"), test, dm)
-                runs.append({"model": model, "seed": seed, **res, "recbole": rb, "wall_s": time.time() - t0})
+                runs.append({"model": model, "seed": seed, **res, "recbole": rb, "wall_s": time.time() - t0,
+                             "load_avg": os.getloadavg()})
+                done.write_text(json.dumps(runs[-1]))
                 print(f"{model} seed {seed}: sampled NDCG@10 {res['sampled']['ndcg@10']:.4f} "
                       f"HR@10 {res['sampled']['hr@10']:.4f} | full NDCG@10 {res['full']['ndcg@10']:.4f} "
                       f"({time.time() - t0:.0f}s)", flush=True)

@@ -22,6 +22,8 @@ def test_record_fields_and_n_test(tiny_data, tmp_path):
     assert rec["n_test"] == 60  # 2 batches of 30 lists (3000 rows) scored, not the 120 of the split
     assert rec["fit_seconds"] == 1.5 and "test/auc_pooled" in rec and "test/auc_pb" not in rec
     assert rec["dataset"] == "synthetic" and rec["data_fingerprint"] == dataset_fingerprint(dm.meta)
+    assert rec["loss"] == "bce" and rec["tower_input"] == "auto" and rec["train_window"] is None
+    assert rec["train_negatives"] == 1 and rec["train_stride"] == 1 and "best_val" not in rec  # no checkpointing
     out = write_metrics(tmp_path / "run", rec)
     assert out == tmp_path / "run" / "metrics.json" and json.loads(out.read_text())["n_test"] == 60
 

@@ -51,7 +51,6 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
 
 from seminar_zoo.data.datamodule import LifelongSequenceDataModule  # noqa: E402
 from seminar_zoo.data.synthetic import generate  # noqa: E402
@@ -221,39 +220,16 @@ def build_theirs(name, classes, fm, args, tmp):
 
 
 # ----------------------------------------------------------------------------- our side
-class _TowerWithoutProduct(nn.Module):
-    """Feeds ``tower`` RecModel.forward's tower input minus the ``t * u`` slice: [t, u] (+ short-term)."""
-
-    def __init__(self, d: int, interest_dim: int, tower: nn.Module):
-        super().__init__()
-        self.keep, self.drop = d + interest_dim, (d if interest_dim == d else 0)
-        self.tower = tower
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tower(torch.cat([x[:, :self.keep], x[:, self.keep + self.drop:]], -1))
-
-
-def concat_only_tower(model):
-    """Investigation switch (--ours-concat-tower): feed our tower [t, u] (+ short-term) like FuxiCTR's
-    DNN does, instead of RecModel's [t, u, t * u]. Everything else (RecModel.forward included) unchanged."""
-    from seminar_zoo.modules.tower import Tower
-
-    d = model.hparams.embed_dim
-    tower = Tower(d + model.interest_dim + (d if model.short_term is not None else 0),
-                  model.hparams.tower_dims, model.hparams.dropout)
-    model.tower = _TowerWithoutProduct(d, model.interest_dim, tower)
-    return model
-
-
 def build_ours(name, meta, args):
-    model = _build_ours(name, meta, args)
-    return concat_only_tower(model) if args.ours_concat_tower else model
+    # --ours-concat-tower: our tower reads [t, u] like FuxiCTR's DNN instead of [t, u, t * u]
+    return _build_ours(name, meta, args, tower_input="concat" if args.ours_concat_tower else "auto")
 
 
-def _build_ours(name, meta, args):
+def _build_ours(name, meta, args, tower_input="auto"):
     # use_queries=False: FuxiCTR's models see item features only, so ours must too
     common = dict(data_meta=meta, embed_dim=args.embed_dim, num_heads=args.num_heads,
-                  tower_dims=list(args.tower_dims), dropout=args.dropout, lr=args.lr, use_queries=False)
+                  tower_dims=list(args.tower_dims), dropout=args.dropout, lr=args.lr, use_queries=False,
+                  tower_input=tower_input)
     st = dict(short_term_len=args.short_term_len)
     if name == "DIN":
         return get_model_class("DIN")(attention_hidden=list(args.din_attention_hidden), **common)

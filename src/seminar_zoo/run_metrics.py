@@ -42,7 +42,16 @@ def run_record(model, dm, trainer, results: dict, seed: Optional[int], fit_secon
         "n_test": int(n_test) if n_test is not None else int(dm.split_sizes()["test"]),
         "fit_seconds": fit_seconds,
         "world_size": trainer.world_size,
+        # the training recipe (README "Training recipe")
+        "loss": model.hparams.get("loss", "bce"),
+        "tower_input": model.hparams.get("tower_input", "auto"),
+        "train_window": hp.get("train_window"),
+        "train_negatives": hp.get("train_negatives"),
+        "train_stride": hp.get("train_stride", 1),
     }
+    best = [c for c in getattr(trainer, "checkpoint_callbacks", []) if getattr(c, "monitor", None)]
+    if best and best[0].best_model_score is not None:  # model selection on validation, for tuning
+        out["best_val"] = {"monitor": best[0].monitor, "score": float(best[0].best_model_score)}
     out.update(extra)
     out.update({k: float(v) for k, v in results.items() if k.startswith("test/")})
     out.update(getattr(model, "extra_test_metrics", {}) or {})

@@ -46,19 +46,26 @@ class RecModel(pl.LightningModule):
             2009: -log sigmoid(target - negative), averaged over the negatives), ``full_softmax``
             (cross-entropy over the whole catalogue, RecBole's ``CE``; only models whose score is a
             dot product, SASRec and HSTU, which score every item in one matrix product).
+        tower_input: what the tower reads, with t the target vector and u the interest vector:
+            ``concat`` = [t, u] (FuxiCTR's DNN input), ``product`` = [t, u, t * u] (needs
+            interest_dim == embed_dim), ``auto`` (default) = ``product`` when the widths match, else
+            ``concat``. Recorded in metrics.json.
     """
 
     def __init__(self, data_meta: Optional[dict] = None, embed_dim: int = 32, max_len: Optional[int] = None,
                  short_term_len: int = 0, num_heads: int = 4, tower_dims: List[int] = [128, 64],
                  dropout: float = 0.1, lr: float = 1e-3, weight_decay: float = 0.0,
                  use_queries: Optional[bool] = None, lambda_q: float = 0.5,
-                 loss: Literal["bce", "softmax", "bpr", "full_softmax"] = "bce"):
+                 loss: Literal["bce", "softmax", "bpr", "full_softmax"] = "bce",
+                 tower_input: Literal["auto", "concat", "product"] = "auto"):
         super().__init__()
         if data_meta is None:
             raise ValueError("data_meta is required: build models through the CLI, or pass "
                              "LifelongSequenceDataModule(...).data_meta")
         if not 0.0 <= float(lambda_q) <= 1.0:
             raise ValueError(f"lambda_q must be in [0, 1], got {lambda_q}")
+        if tower_input not in ("auto", "concat", "product"):
+            raise ValueError(f"tower_input must be auto, concat or product; got {tower_input!r}")
         if loss not in ("bce", "softmax", "bpr", "full_softmax"):
             raise ValueError(f"loss must be one of bce, softmax, bpr, full_softmax; got {loss!r}")
         if loss == "full_softmax" and not hasattr(self, "all_item_logits"):
@@ -90,7 +97,12 @@ class RecModel(pl.LightningModule):
     def build_tower(self) -> None:
         """Call at the end of a subclass __init__, once ``interest_dim`` is known."""
         d = self.hparams.embed_dim
-        d_in = d + self.interest_dim + (d if self.interest_dim == d else 0) + (d if self.short_term else 0)
+        mode = self.hparams.get("tower_input", "auto")
+        if mode == "product" and self.interest_dim != d:
+            raise ValueError(f"tower_input product needs interest_dim == embed_dim ({self.interest_dim} != {d}); "
+                             "use concat or auto")
+        self.tower_product = mode == "product" or (mode == "auto" and self.interest_dim == d)
+        d_in = d + self.interest_dim + (d if self.tower_product else 0) + (d if self.short_term else 0)
         self.tower = Tower(d_in, self.hparams.tower_dims, self.hparams.dropout)
 
     def interest(self, batch: Dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
@@ -139,7 +151,7 @@ class RecModel(pl.LightningModule):
         self._aux = {}
         t = self.target_vector(batch)
         u = self.interest(batch, t)
-        feats = [t, u] + ([t * u] if u.shape[-1] == t.shape[-1] else [])
+        feats = [t, u] + ([t * u] if self.tower_product else [])
         if self.short_term is not None:
             h, q, m = self.history(batch)
             n = self.hparams.short_term_len
@@ -285,11 +297,19 @@ class RecModel(pl.LightningModule):
         self._log_epoch("test", self.test_metrics)
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
-        # Reseed per step so dropout draws depend only on (seed, global_step): a fit resumed
-        # from a checkpoint continues exactly as the uninterrupted one would, whatever else
-        # (dataloader iterators, validation) consumed the global RNG in between.
+        # Seed per step so dropout draws depend only on (seed, global_step): a fit resumed from a
+        # checkpoint continues exactly as the uninterrupted one would, whatever else (dataloader
+        # iterators, validation) consumed the RNG in between. The caller's global RNG state is
+        # saved here and given back after the step, so user code's random streams are left alone.
+        self._user_rng = torch.random.get_rng_state()
         base = int(os.environ.get("PL_GLOBAL_SEED", 0))
         torch.manual_seed(base * 1_000_003 + self.global_step)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        state = getattr(self, "_user_rng", None)
+        if state is not None:
+            torch.random.set_rng_state(state)
+            self._user_rng = None
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -58,6 +58,10 @@ MODELS = [
     ("TWIN", "baselines/twin.yaml", [*TOPK, *SHARE]),
     ("SDIM", "baselines/sdim.yaml", SHARE),
 ]
+# Under ctr the label of each impression is the target: the sequence models train per sample with
+# binary cross-entropy there (their all-positions full softmax needs next-item targets).
+CTR_EXTRA = {m: ["--model.init_args.loss", "bce", "--model.init_args.all_positions", "false",
+                 "--data.train_stride", "1"] for m in ("SASRec", "HSTU")}
 WANTED = ["DIN", "SIM", "ETA", "SDIM", "TWIN", "SEMINAR (exact)", "SEMINAR (pq)"]
 PROTOCOLS = {
     "ranking": {"metrics": ["test/ndcg@10", "test/hr@10", "test/mrr", "test/auc", "epochs", "fit_seconds"],
@@ -126,6 +130,8 @@ def _run_one(args, proto, spec, seed, label, cfg, extra, env, failures):
         if label == "SEMINAR-pq" and psu.exists():
             # same pretrained PSU as the exact run of this seed: exact vs pq differ only in retrieval
             extra += ["--model.init_args.psu_ckpt", str(psu)]
+        if proto == "ctr":
+            extra += CTR_EXTRA.get(label, [])
         cmd = [BIN, "experiment", "--config", cfg, "--config", "experiments/datasets/ml100k.yaml",
                *spec["configs"], "--data.path", spec["data"], *COMMON,
                "--run_dir", run, "--name", label, "--seed_everything", seed,

@@ -128,6 +128,8 @@ def write_tables(rows, a, data, total_s, out_md: Path):
              f"`experiments/seminar.yaml`). Baselines read the fused (query, item) pair vectors with SEMINAR's "
              f"fusion weight lambda_q = 0.5 (query share) for the target and every behaviour; rows marked "
              f"`(no query)` are the same configs with `--model.init_args.use_queries false`. Mean ± std over seeds.\n")
+    if a.note:
+        L.append(a.note + "\n")
     L.append("## Main table\n")
     L.append("| model | kind | AUC | NDCG@10 | HR@10 | MRR | n seeds |")
     L.append("|---|---|---|---|---|---|---|")
@@ -193,6 +195,8 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (each gets cores/jobs threads)")
     ap.add_argument("--only", nargs="*", help="config names to run (e.g. din din-noquery seminar seminar-no_gsu)")
     ap.add_argument("--force", action="store_true", help="rerun finished runs")
+    ap.add_argument("--note", default="", help="a paragraph printed under the settings (provenance of the runs)")
+    ap.add_argument("--table-only", action="store_true", help="run nothing: write the table from the finished runs")
     ap.add_argument("--results", default=str(ROOT / "experiments" / "results" / "synthetic.md"))
     a = ap.parse_args(argv)
     out = Path(a.out)
@@ -204,7 +208,7 @@ def main(argv=None):
     if not (data / "meta.json").exists():
         subprocess.run(exe + ["prepare", "synthetic", "--out", str(data), "--users", str(a.users), "--items",
                               str(a.items), "--seq-len", str(a.seq_len), "--seed", "0"], check=True, env=env)
-    todo = [(c, s) for c in configs() if not a.only or c.name in a.only for s in a.seeds]
+    todo = [] if a.table_only else [(c, s) for c in configs() if not a.only or c.name in a.only for s in a.seeds]
     t0 = time.time()
 
     def job(t):

@@ -93,7 +93,9 @@ def run_one(exe, cfg, data, run_dir, name, seed, a, env, extra=()):
     if mfile.exists() and not a.force:
         return json.loads(mfile.read_text()), 0.0
     run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = exe + ["experiment", "--config", str(cfg), "--data.path", str(data), "--run_dir", str(run_dir),
+    # --overwrite: a folder without metrics.json is an interrupted run; start it over (runs are
+    # deterministic, so the result is the one the uninterrupted run would have written)
+    cmd = exe + ["experiment", "--overwrite", "--config", str(cfg), "--data.path", str(data), "--run_dir", str(run_dir),
                  "--name", name, "--data.max_len", str(a.seq_len), "--trainer.max_epochs", str(a.epochs),
                  "--seed_everything", str(seed), "--trainer.enable_progress_bar", "false",
                  "--data.eval_batch_size", str(a.eval_batch_size), "--trainer.limit_val_batches", str(a.limit_val_batches),

@@ -132,7 +132,8 @@ def _run_one(args, proto, spec, seed, label, cfg, extra, env, failures):
             extra += ["--model.init_args.psu_ckpt", str(psu)]
         if proto == "ctr":
             extra += CTR_EXTRA.get(label, [])
-        cmd = [BIN, "experiment", "--config", cfg, "--config", "experiments/datasets/ml100k.yaml",
+        # --overwrite: a folder without metrics.json is an interrupted run; start it over
+        cmd = [BIN, "experiment", "--overwrite", "--config", cfg, "--config", "experiments/datasets/ml100k.yaml",
                *spec["configs"], "--data.path", spec["data"], *COMMON,
                "--run_dir", run, "--name", label, "--seed_everything", seed,
                "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", args.epochs, *extra,

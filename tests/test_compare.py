@@ -176,3 +176,14 @@ def test_runs_on_different_datasets_are_not_merged(tmp_path):
     assert "synthetic (200 users, 300 items, 9000 events;" in head
     assert "synthetic (2000 users, 300 items, 90000 events;" in head
     assert dataset_fingerprint(base) != dataset_fingerprint({**base, "generator": {"seq_len": 41}})
+
+
+def test_descriptive_columns_are_not_ranked_and_read_as_counts():
+    from seminar_zoo.compare import best_rows, fmt_stat
+
+    rows = [{"stats": {"epochs": (26.0, 1.0, 3), "fit_seconds": (30.0, 1.0, 3)}},
+            {"stats": {"epochs": (16.0, 3.0, 3), "fit_seconds": (20.0, 2.0, 3)}}]
+    assert best_rows(rows, "epochs") == []  # neither more nor fewer epochs is "best"
+    assert best_rows(rows, "fit_seconds") == [1]
+    assert fmt_stat("epochs", (26.0, 1.0, 3)) == "26.0 ± 1.0"
+    assert fmt_stat("test_wall_seconds", (478.36, 49.3, 3)) == "478.4 ± 49.3"

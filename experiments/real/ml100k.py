@@ -207,6 +207,30 @@ def peer_rows(peer: dict, proto: str) -> str:
     return "\n".join(lines)
 
 
+def reading(runs: Path):
+    """Per protocol: models ordered by their mean headline metric, SEMINAR's place among the learned
+    models, and which models are not above Popularity (the no-learning reference)."""
+    out = []
+    for proto, key in (("ranking", "test/ndcg@10"), ("full", "test/ndcg@10"), ("ctr", "test/auc")):
+        means = {}
+        for f in (runs / proto).glob("*/seed*/metrics.json"):
+            d = json.loads(f.read_text())
+            if d.get(key) is not None:
+                means.setdefault(f.parent.parent.name, []).append(float(d[key]))
+        if "Popularity" not in means:
+            continue
+        avg = {k: sum(v) / len(v) for k, v in means.items()}
+        order = sorted(avg, key=avg.get, reverse=True)
+        learned = [m for m in order if m != "Popularity"]
+        below = [m for m in learned if avg[m] <= avg["Popularity"]]
+        sem = f"SEMINAR is {learned.index('SEMINAR') + 1} of {len(learned)} learned models" if "SEMINAR" in learned else ""
+        out.append(f"- {proto} ({NAMES.get(key, key)}, mean over seeds): " + " > ".join(
+            f"{m} {avg[m]:.4f}" for m in order) + f". {sem}; "
+            + ("every learned model is above Popularity." if not below else
+               f"not above Popularity: {', '.join(below)}."))
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--raw", default=str(ROOT.parent / "shared" / "data" / "ml-100k"))
@@ -292,6 +316,7 @@ def main(argv=None):
         peer = ROOT / "experiments/results/recbole_parity.json"
         if proto in ("ranking", "full") and peer.exists():
             parts += [peer_rows(json.loads(peer.read_text()), proto), ""]
+    parts += ["## Reading (computed from the runs above)", ""] + reading(ROOT / args.runs) + [""]
     parts += ["## Coverage", ""]
     ran = sorted({p.parent.parent.name for p in (ROOT / args.runs).glob("*/*/seed*/metrics.json")},
                  key=lambda k: order.index(k) if k in order else 99)

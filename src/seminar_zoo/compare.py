@@ -37,8 +37,11 @@ DEFAULT_METRICS = ["test/auc", "test/gauc", "test/ndcg@10", "test/hr@10", "test/
 PLOT_METRICS = ["test/auc", "test/ndcg@10"]
 SEED_KEYS = ("seed_everything",)
 LOWER_IS_BETTER = ("loss", "seconds", "rss", "_mb", "latency")
+NOT_RANKED = ("epochs",)  # descriptive columns: neither higher nor lower is better
+ONE_DECIMAL = ("fit_seconds", "test_seconds", "test_wall_seconds", "samples_per_second", "peak_rss_mb", "epochs")
 PRETTY = {"test/auc": "AUC", "test/gauc": "GAUC", "test/mrr": "MRR", "fit_seconds": "fit s",
-          "samples_per_second": "train rows/s", "peak_rss_mb": "peak RSS MB"}
+          "samples_per_second": "train rows/s", "peak_rss_mb": "peak RSS MB", "test_seconds": "test s",
+          "test_wall_seconds": "test wall s"}
 
 
 class CompareError(ValueError):
@@ -178,7 +181,7 @@ def lower_is_better(metric: str) -> bool:
 def best_rows(rows: List[Dict[str, Any]], metric: str, goal: Optional[str] = None) -> List[int]:
     """Indices of rows whose mean is the best for ``metric`` (ties: all); empty with < 2 rows having it."""
     have = [(i, g["stats"][metric][0]) for i, g in enumerate(rows) if metric in g["stats"]]
-    if len(have) < 2:
+    if len(have) < 2 or metric in NOT_RANKED:
         return []
     minimize = goal == "minimize" if goal else lower_is_better(metric)
     best = (min if minimize else max)(v for _, v in have)
@@ -187,7 +190,7 @@ def best_rows(rows: List[Dict[str, Any]], metric: str, goal: Optional[str] = Non
 
 def fmt_stat(metric: str, stat) -> str:
     mean, std, n = stat
-    f = "{:.1f}" if metric in ("fit_seconds", "samples_per_second", "peak_rss_mb") else "{:.4f}"
+    f = "{:.1f}" if metric in ONE_DECIMAL else "{:.4f}"
     return f.format(mean) if n < 2 or math.isnan(std) else f"{f.format(mean)} ± {f.format(std)}"
 
 

@@ -261,3 +261,24 @@ def test_topk_above_max_len_warns(tiny_data, capsys):
     preflight(["--config", "experiments/seminar.yaml", "--data.path", str(tiny_data), "--data.max_len", "20",
                "--model.init_args.topk", "50"])
     assert "topk 50 > max_len 20" in capsys.readouterr().err
+
+
+def test_lightning_verbs_refuse_a_folder_in_use(tiny_data, tmp_path):
+    """`seminar-zoo test/fit --trainer.default_root_dir D` while another run holds D: exit 2, named."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+
+    d = tmp_path / "busy"
+    d.mkdir()
+    with open(d / ".lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fh.write("4242")
+        fh.flush()
+        r = subprocess.run([sys.executable, "-m", "seminar_zoo.cli", "fit", "--model", "DIN", "--data.path",
+                            str(tiny_data), "--trainer.default_root_dir", str(d), "--trainer.max_epochs", "1"],
+                           capture_output=True, text=True, timeout=120, env={**os.environ, "WANDB_MODE": "disabled"})
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "--trainer.default_root_dir" in r.stderr and "in use by another run (pid 4242)" in r.stderr
+    assert "Traceback" not in r.stderr

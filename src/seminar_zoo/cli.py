@@ -333,8 +333,9 @@ def _run_verb(verb: str, rest: List[str], argv: List[str]) -> None:
 
             preflight(rest)  # before torch/Lightning are even imported
         from .callbacks import stop_handler
+        from .runguard import folder_lock
 
-        with stop_handler():
+        with stop_handler(), folder_lock(rest):
             lightning_main(argv)
     elif verb == "experiment":
         experiment_main(rest)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import logging
@@ -166,8 +167,10 @@ class RunFolder:
     A folder with checkpoints but no metrics is an interrupted run: ``resume`` continues it,
     ``overwrite`` starts over; neither is refused."""
 
-    def __init__(self, path, overwrite: bool = False, resume: bool = False):
+    def __init__(self, path, overwrite: bool = False, resume: bool = False, lock_only: bool = False,
+                 flag: str = "--run_dir"):
         self.path, self.overwrite, self.resume = Path(path), overwrite, resume
+        self.lock_only, self.flag = lock_only, flag  # lock_only: refuse a live folder, nothing else
         self.created = not self.path.exists()
         self._fh = None
 
@@ -183,12 +186,14 @@ class RunFolder:
             who = self._fh.read().strip() or "?"
             self._fh.close()
             self._fh = None
-            raise UsageError(f"--run_dir {self.path}: in use by another run (pid {who}); wait for it "
+            raise UsageError(f"{self.flag} {self.path}: in use by another run (pid {who}); wait for it "
                              "or choose another folder") from None
         self._fh.seek(0)
         self._fh.truncate()
         self._fh.write(str(os.getpid()))
         self._fh.flush()
+        if self.lock_only:
+            return self
         if (self.path / "metrics.json").exists() and not self.overwrite:
             self.release()
             raise UsageError(f"--run_dir {self.path}: holds a finished run (metrics.json); pass --overwrite "
@@ -222,6 +227,22 @@ class RunFolder:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def folder_lock(argv: List[str]):
+    """Hold ``--trainer.default_root_dir`` for one fit/validate/test/predict: two commands writing
+    one folder would interleave checkpoints and metrics.json; the second exits 2."""
+    root = dict(_flag_values(argv)).get("trainer.default_root_dir")
+    if not root:
+        yield
+        return
+    with RunFolder(root, lock_only=True, flag="--trainer.default_root_dir") as guard:
+        try:
+            yield
+        except BaseException:
+            guard.discard_if_empty()
+            raise
 
 
 def atomic_json(path: Path, obj) -> None:

@@ -13,7 +13,8 @@ image 10), each method returns its top-K and is timed end to end:
 * ``pq-faiss4-Sx16-cached``  the fast-scan index kept per history (a user's history between requests), our
   codebooks loaded into faiss so that faiss builds the table from the target (``search_query``);
 * ``pq-faiss8-Sx256``  8-bit IndexPQ with our codebooks (gather + scan);
-* ``...+rrR``          the PQ top R*K re-scored exactly from the embedding tables;
+* ``...+rrR``          the PQ top R*K re-scored exactly from the per-id fused keys (numpy; every R of
+  ``--rerank-factor`` for cached indexes, the largest for the others);
 * ``pq-allocG-a-b-c-dx16-cached``  G 4-bit sub-spaces split over the modalities by their share of the score
   variance (``allocate_subspaces``) inside one MultiModalPQ (``n_sub`` per modality), index kept per history;
 * ``...-anisoE``       the same codes fitted and encoded with the score-aware loss (``aniso_eta`` E, ScaNN);
@@ -65,6 +66,7 @@ class World:
 
         self.item, self.query = keys(self.item_topic, [1, 2, 3]), keys(self.query_topic, [0])
         self.item_fused, self.query_fused = self.item.sum(1), self.query[:, 0].contiguous()
+        self.item_fused_np, self.query_fused_np = self.item_fused.numpy(), self.query_fused.numpy()
         self.by_topic = [torch.nonzero(self.item_topic == t).squeeze(1) for t in range(N_TOPICS)]
         self.g = g
 
@@ -99,10 +101,22 @@ def exact_fused_topk(world: World, ids, qids, t, k):
     return (rows(world.item_fused, ids) @ tf + rows(world.query_fused, qids) @ tf).topk(k).indices
 
 
-def rerank(world: World, ids, qids, t, cand: torch.Tensor, k: int):
-    tf = t.sum(0)
-    s = rows(world.item_fused, ids[cand]) @ tf + rows(world.query_fused, qids[cand]) @ tf
-    return cand[s.topk(min(k, len(cand))).indices]
+def rerank(world: World, ids, qids, t, cand, k: int):
+    """Exact scores of the candidates ``cand`` (rows of the history) from the per-id fused keys -> the top-``k`` rows.
+
+    numpy end to end (ids, candidates and target as arrays): for a few hundred rows torch's per-op overhead
+    (~5 us a call) is most of the cost; numpy's row gather is as fast as index_select at this size."""
+    ids, qids, tf = _np(ids), _np(qids), _np(t).sum(0)
+    cand = _np(cand)
+    s = world.item_fused_np[ids[cand]] @ tf
+    s += world.query_fused_np[qids[cand]] @ tf
+    if len(cand) > k:
+        return cand[np.argpartition(-s, k)[:k]]
+    return cand
+
+
+def _np(x):
+    return x.numpy() if isinstance(x, torch.Tensor) else x
 
 
 class PQTables:
@@ -184,8 +198,10 @@ def _hnsw_2stage(keys: np.ndarray):
 
 def methods_for(world: World, pqs: Dict[str, PQTables], ids, qids, t, args, native, allocs=None) -> Dict[str, tuple]:
     """name -> (per-request callable returning top-K indices, bytes per behaviour, index cached per history?)."""
-    k, rr, d = args.topk, args.rerank_factor, world.item.shape[-1]
+    k, d = args.topk, world.item.shape[-1]
+    rrs, rr = args.rerank_factor, max(args.rerank_factor)  # cached indexes get every factor, per-request ones the largest
     tf = t.sum(0)
+    idn, qidn, tn = ids.numpy(), qids.numpy(), t.numpy()
     m: Dict[str, tuple] = {
         "exact": (lambda: exact_topk(world, ids, qids, t, k), 4 * 4 * d),
         "exact-fused": (lambda: exact_fused_topk(world, ids, qids, t, k), 2 * 4 * d),
@@ -207,8 +223,9 @@ def methods_for(world: World, pqs: Dict[str, PQTables], ids, qids, t, args, nati
                 return torch.from_numpy(c.search_query(q4, kk)[1])
             m[f"pq-faiss4-{name}"] = (f4, tab.bytes)
             m[f"pq-faiss4-{name}-cached"] = (f4c, tab.bytes)
-            m[f"pq-faiss4-{name}-cached+rr{rr}"] = (lambda f4c=f4c: rerank(world, ids, qids, t, f4c(kk=rr * k), k),
-                                                   tab.bytes)
+            for r in rrs:
+                m[f"pq-faiss4-{name}-cached+rr{r}"] = (
+                    lambda f4c=f4c, r=r: rerank(world, idn, qidn, tn, f4c(kk=r * k).numpy(), k), tab.bytes)
             m[f"pq-faiss4-{name}+rr{rr}"] = (lambda f4=f4: rerank(world, ids, qids, t, f4(kk=rr * k), k), tab.bytes)
         else:
             q = tf.repeat(4).numpy()
@@ -226,9 +243,10 @@ def methods_for(world: World, pqs: Dict[str, PQTables], ids, qids, t, args, nati
             qa = torch.cat([qa[:alloc.nq], qa.new_zeros(1, qa.shape[1]), qa[alloc.nq:]])
         sc = FaissScanner(alloc.packed4(ids, qids), 4, codebooks=cb.numpy(), packed=True)
         qa = qa.reshape(-1).numpy()
-        fa = (lambda sc=sc, qa=qa, kk=k: torch.from_numpy(sc.search_query(qa, kk)[1]))
+        fa = (lambda sc=sc, qa=qa, kk=k: sc.search_query(qa, kk)[1])
         m[name] = (fa, alloc.bytes)
-        m[f"{name}+rr{rr}"] = (lambda fa=fa: rerank(world, ids, qids, t, fa(kk=rr * k), k), alloc.bytes)
+        for r in rrs:
+            m[f"{name}+rr{r}"] = (lambda fa=fa, r=r: rerank(world, idn, qidn, tn, fa(kk=r * k), k), alloc.bytes)
     fused = (world.item_fused[ids] + world.query_fused[qids]).numpy()
     sh = SimHash(d, args.simhash_bits, seed=0)
     sig = sh.signature(torch.from_numpy(fused))
@@ -258,6 +276,12 @@ def methods_for(world: World, pqs: Dict[str, PQTables], ids, qids, t, args, nati
 
 def run(args) -> List[dict]:
     torch.set_num_threads(args.threads)
+    try:  # numpy's BLAS (the re-rank's matvec) on as many threads as torch and faiss
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)
+    except ImportError:
+        pass
     use_faiss = faiss_available() and not args.no_faiss
     if use_faiss:
         import faiss
@@ -351,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--alloc", default="32,64", help="total 4-bit sub-spaces split by score-variance share")
     ap.add_argument("--aniso-eta", type=float, default=4.0, help="score-aware rows' aniso_eta (1: none)")
     ap.add_argument("--fit-rows", type=int, default=20_000)
-    ap.add_argument("--rerank-factor", type=int, default=10)
+    ap.add_argument("--rerank-factor", default="4,6,10",
+                    help="re-rank pools R (the PQ top R*K is re-scored exactly); comma-separated")
     ap.add_argument("--native-bytes", type=int, default=16, help="bytes per behaviour of faiss' own fast-scan")
     ap.add_argument("--simhash-bits", type=int, default=256)
     ap.add_argument("--hnsw-max-len", type=int, default=10_000, help="skip HNSW (slow to build) above this L")
@@ -372,17 +397,21 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
     args = ap.parse_args(argv)
     if args.quick:
         args.lengths, args.items, args.queries, args.fit_rows = "300,600", 3000, 200, 3000
-        args.pq, args.topk, args.requests, args.reps, args.dim, args.rerank_factor = "4x16,2x256", 10, 2, 1, 16, 4
+        args.pq, args.topk, args.requests, args.reps, args.dim, args.rerank_factor = "4x16,2x256", 10, 2, 1, 16, "2,4"
         args.hnsw_max_len, args.native_bytes, args.simhash_bits, args.alloc = 600, 4, 64, "8"
     try:
         args.lengths = [int(x) for x in str(args.lengths).split(",")]
         for spec in args.pq.split(","):
             s, c = (int(x) for x in spec.split("x"))
         args.alloc = [int(x) for x in str(args.alloc).split(",") if x]
+        args.rerank_factor = sorted({int(x) for x in str(args.rerank_factor).split(",") if x})
+        if not args.rerank_factor or min(args.rerank_factor) < 1:
+            raise ValueError
     except ValueError:
-        ap.error(f"--lengths must be integers and --pq sizes like 8x16 (got {args.lengths!r}, {args.pq!r})")
-    if min(args.lengths) < args.topk * args.rerank_factor:
-        ap.error(f"--topk {args.topk} x --rerank-factor {args.rerank_factor} must not exceed the shortest length")
+        ap.error(f"--lengths and --rerank-factor must be positive integers, --pq sizes like 8x16 "
+                 f"(got {args.lengths!r}, {args.rerank_factor!r}, {args.pq!r})")
+    if min(args.lengths) < args.topk * max(args.rerank_factor):
+        ap.error(f"--topk {args.topk} x --rerank-factor {max(args.rerank_factor)} must not exceed the shortest length")
     meta = {"argv": argv, "threads": args.threads, "load_start": os.getloadavg()[0]}
     rows = run(args)
     meta["load_end"] = os.getloadavg()[0]

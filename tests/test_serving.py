@@ -1,4 +1,5 @@
 """seminar-zoo export / serve-bench: the exported TorchScript + per-id tables reproduce the model's logits."""
+import json
 import os
 import subprocess
 import sys
@@ -55,9 +56,14 @@ def test_serve_bench_cli_and_errors(tiny_dm, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     run = lambda *a: subprocess.run([sys.executable, "-m", "seminar_zoo.cli", *a], cwd=ROOT, env=env,
                                     capture_output=True, text=True)
-    p = run("serve-bench", "--export", str(tmp_path / "exp"), "--lengths", "100,300", "--requests", "3")
+    p = run("serve-bench", "--export", str(tmp_path / "exp"), "--lengths", "100,300", "--requests", "4", "--users", "2",
+            "--out", str(tmp_path / "sb.json"))
     assert p.returncode == 0, p.stderr
-    assert "L=100: p50" in p.stdout and "L=300: p50" in p.stdout
+    assert "L=100: p50" in p.stdout and "L=300: p50" in p.stdout and "index build" in p.stdout
+    res = json.loads((tmp_path / "sb.json").read_text())
+    assert {"p50_ms@300", "p99_ms@300", "build_ms@300", "load_average"} <= set(res)
+    p = run("serve-bench", "--export", str(tmp_path / "exp"), "--lengths", "0")
+    assert p.returncode == 2 and "--lengths" in p.stderr and "Traceback" not in p.stderr
     p = run("serve-bench", "--export", str(tmp_path / "nothing"))
     assert p.returncode == 2 and "not an export" in p.stderr and "Traceback" not in p.stderr
     p = run("export", "--ckpt_path", str(tmp_path / "no.ckpt"), "--out", str(tmp_path / "e2"))

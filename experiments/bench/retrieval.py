@@ -7,13 +7,14 @@ thread, on the same SYNTHETIC vectors (topic-clustered; modality norms query 1, 
 image 10), each method returns its top-K and is timed end to end:
 
 * ``exact``            gather the [L, M, d] keys from the tables, score, top-K;
-* ``exact-fused``      gather per-id pre-summed keys (item modalities summed, [N, d]) and score;
+* ``exact-fused``      gather per-id pre-summed keys (item modalities summed, [N, d]) and score (torch);
+* ``exact-fused-byid`` the same scores from faiss' inner products by id (no gathered copy of the keys);
 * ``pq-torch-SxC``     MultiModalPQ codes per item / per query ([N, M, S] uint8), gathered by id, torch LUT gather;
 * ``pq-faiss4-Sx16``   the same codes through faiss 4-bit fast-scan (gather + pack + scan, all per request);
 * ``pq-faiss4-Sx16-cached``  the fast-scan index kept per history (a user's history between requests), our
   codebooks loaded into faiss so that faiss builds the table from the target (``search_query``);
 * ``pq-faiss8-Sx256``  8-bit IndexPQ with our codebooks (gather + scan);
-* ``...+rrR``          the PQ top R*K re-scored exactly from the per-id fused keys (numpy; every R of
+* ``...+rrR``          the PQ top R*K re-scored exactly from the per-id fused keys (faiss inner products by id; every R of
   ``--rerank-factor`` for cached indexes, the largest for the others);
 * ``pq-allocG-a-b-c-dx16-cached``  G 4-bit sub-spaces split over the modalities by their share of the score
   variance (``allocate_subspaces``) inside one MultiModalPQ (``n_sub`` per modality), index kept per history;
@@ -40,7 +41,8 @@ import numpy as np
 import torch
 
 from seminar_zoo.modules.hashing import SimHash, hamming
-from seminar_zoo.modules.pq_backends import FaissScanner, allocate_subspaces, faiss_available, pack_codes
+from seminar_zoo.modules.pq_backends import (FaissScanner, allocate_subspaces, faiss_available, pack_codes,
+                                             rerank_inner_product)
 from seminar_zoo.modules.quantization import MultiModalPQ
 
 NORMS = (1.0, 0.5, 1.0, 10.0)  # query, id, text, image
@@ -102,17 +104,10 @@ def exact_fused_topk(world: World, ids, qids, t, k):
 
 
 def rerank(world: World, ids, qids, t, cand, k: int):
-    """Exact scores of the candidates ``cand`` (rows of the history) from the per-id fused keys -> the top-``k`` rows.
-
-    numpy end to end (ids, candidates and target as arrays): for a few hundred rows torch's per-op overhead
-    (~5 us a call) is most of the cost; numpy's row gather is as fast as index_select at this size."""
-    ids, qids, tf = _np(ids), _np(qids), _np(t).sum(0)
-    cand = _np(cand)
-    s = world.item_fused_np[ids[cand]] @ tf
-    s += world.query_fused_np[qids[cand]] @ tf
-    if len(cand) > k:
-        return cand[np.argpartition(-s, k)[:k]]
-    return cand
+    """Exact scores of the candidates ``cand`` (rows of the history) from the per-id fused keys -> the top-``k``
+    rows (``pq_backends.rerank_inner_product``: faiss inner products by id, no gathered copy of the keys)."""
+    ids, qids, t = _np(ids), _np(qids), _np(t)
+    return rerank_inner_product(t.sum(0), [(world.item_fused_np, ids), (world.query_fused_np, qids)], _np(cand), k)
 
 
 def _np(x):
@@ -205,6 +200,8 @@ def methods_for(world: World, pqs: Dict[str, PQTables], ids, qids, t, args, nati
     m: Dict[str, tuple] = {
         "exact": (lambda: exact_topk(world, ids, qids, t, k), 4 * 4 * d),
         "exact-fused": (lambda: exact_fused_topk(world, ids, qids, t, k), 2 * 4 * d),
+        # the same scores through faiss' inner products by id (no gathered copy): the fastest exact scorer here
+        "exact-fused-byid": (lambda: rerank(world, idn, qidn, tn, np.arange(len(idn)), k), 2 * 4 * d),
     }
     for name, tab in pqs.items():
         m[f"pq-torch-{name}"] = (lambda tab=tab: tab.pq.score(tab.pq.lut(tf[None]), tab.codes(ids, qids)[None])[0].topk(k).indices,
@@ -220,12 +217,12 @@ def methods_for(world: World, pqs: Dict[str, PQTables], ids, qids, t, args, nati
             q4 = tf.repeat(4).numpy()  # faiss builds the table from the target tiled over the modalities
 
             def f4c(c=cached, kk=k):
-                return torch.from_numpy(c.search_query(q4, kk)[1])
+                return c.search_query(q4, kk)[1]
             m[f"pq-faiss4-{name}"] = (f4, tab.bytes)
             m[f"pq-faiss4-{name}-cached"] = (f4c, tab.bytes)
             for r in rrs:
                 m[f"pq-faiss4-{name}-cached+rr{r}"] = (
-                    lambda f4c=f4c, r=r: rerank(world, idn, qidn, tn, f4c(kk=r * k).numpy(), k), tab.bytes)
+                    lambda f4c=f4c, r=r: rerank(world, idn, qidn, tn, f4c(kk=r * k), k), tab.bytes)
             m[f"pq-faiss4-{name}+rr{rr}"] = (lambda f4=f4: rerank(world, ids, qids, t, f4(kk=rr * k), k), tab.bytes)
         else:
             q = tf.repeat(4).numpy()
@@ -380,8 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--native-bytes", type=int, default=16, help="bytes per behaviour of faiss' own fast-scan")
     ap.add_argument("--simhash-bits", type=int, default=256)
     ap.add_argument("--hnsw-max-len", type=int, default=10_000, help="skip HNSW (slow to build) above this L")
-    ap.add_argument("--requests", type=int, default=5)
-    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--requests", type=int, default=10)
+    ap.add_argument("--reps", type=int, default=21)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-faiss", action="store_true")

@@ -119,10 +119,11 @@ class FaissScanner:
         """One query ``[D]`` -> ([k], [k]); a batch ``[n, D]`` -> ([n, k], [n, k]) in one faiss call."""
         k, many = min(k, self.n), query.ndim == 2
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(-1, index.d)
-        if k == 0:
-            d, i = np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        else:
-            d, i = index.search(q, k)
+        d, i = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
+        if k:  # the SWIG call itself: faiss' Python wrapper re-checks and re-allocates (~4 us of a ~40 us request)
+            import faiss
+
+            index.search_c(len(q), faiss.swig_ptr(q), k, faiss.swig_ptr(d), faiss.swig_ptr(i))
         return (d, i) if many else (d[0], i[0])
 
     def search(self, lut: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -141,6 +142,8 @@ class FaissScanner:
         if self.query_index is None:
             raise RuntimeError("FaissScanner.search_query needs codebooks at construction")
         query = np.asarray(query, np.float32)
+        if query.shape[-1] == self.query_index.d:  # no padding needed: skip the copy (serving latency)
+            return self._search(self.query_index, query, k)
         q = np.zeros((*query.shape[:-1], self.query_index.d), np.float32)
         q[..., : query.shape[-1]] = query
         return self._search(self.query_index, q, k)
@@ -151,6 +154,35 @@ class FaissScanner:
         out = np.empty(self.n, np.float32)
         out[i] = d
         return out
+
+
+def rerank_inner_product(query: np.ndarray, parts, cand: np.ndarray, k: int) -> np.ndarray:
+    """Exact re-rank of candidate rows: score ``sum_p <query, table_p[ids_p[cand]]>`` for ``parts`` =
+    [(table_p [N_p, d] float32, ids_p [L] int64), ...] (e.g. the per-item and the per-query fused GSU keys and a
+    history's item and query ids) -> the top-``k`` rows of ``cand``, best first.
+
+    The inner products run in faiss (``fvec_inner_products_by_idx``: no gathered copy of the keys), which at a
+    few hundred candidates is ~3x faster than a numpy gather + matvec; numpy when faiss is missing."""
+    cand = np.ascontiguousarray(cand, dtype=np.int64)
+    query = np.ascontiguousarray(query, dtype=np.float32)
+    s = np.zeros(len(cand), np.float32)
+    try:
+        import faiss
+    except ImportError:
+        faiss = None
+    for table, ids in parts:
+        rows = np.ascontiguousarray(ids[cand], dtype=np.int64)
+        if faiss is not None and table.dtype == np.float32 and table.flags.c_contiguous:
+            ip = np.empty(len(cand), np.float32)
+            faiss.fvec_inner_products_by_idx(faiss.swig_ptr(ip), faiss.swig_ptr(query), faiss.swig_ptr(table),
+                                             faiss.swig_ptr(rows), table.shape[1], 1, len(cand))
+            s += ip
+        else:
+            s += table[rows] @ query
+    if len(cand) > k:
+        top = np.argpartition(-s, k)[:k]
+        return cand[top[np.argsort(-s[top], kind="stable")]]
+    return cand[np.argsort(-s, kind="stable")]
 
 
 def allocate_subspaces(shares, total: int, dim: int) -> list:

@@ -11,12 +11,21 @@ selection differs between the two, so the differences in AUC / NDCG@10 are what 
 
 Writes OUT.md (per run and mean, the issue-13 bounds |dAUC| <= 0.002, |dNDCG@10| <= 0.005 checked) and
 OUT.json; more datasets are added to the same files by further calls with another ``--label``.
+
+``--pq-grid 16x2 16x4 ... 256x8`` (n_centroids x n_sub) is the codebook-size sweep on the fast path: each
+size is one more pq test of the same checkpoints (``RUN/test_pq_CxS/``), tabulated over seeds with a plot.
+The codebooks do not touch training (the GSU trains with exact scores), so testing one finetuned model per
+seed at every size measures what retraining per size would, without the 9x redundant fits.
+
+    python experiments/pq_vs_exact.py --runs .../seminar/seed* --label synthetic \
+        --pq-grid 16x2 16x4 16x8 64x2 64x4 64x8 256x2 256x4 256x8 --out experiments/results/codebook_sweep
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -28,8 +37,8 @@ BIN = Path(sys.executable).parent / "seminar-zoo"
 BOUNDS = {"test/auc": 0.002, "test/ndcg@10": 0.005}
 
 
-def _test(run: Path, retrieval: str, extra: List[str], cwd: Path) -> Dict:
-    out = run / f"test_{retrieval}"
+def _test(run: Path, retrieval: str, extra: List[str], cwd: Path, tag: str = "") -> Dict:
+    out = run / f"test_{tag or retrieval}"
     if (out / "metrics.json").exists():
         return json.loads((out / "metrics.json").read_text())
     rec = json.loads((run / "metrics.json").read_text())
@@ -50,11 +59,16 @@ def _test(run: Path, retrieval: str, extra: List[str], cwd: Path) -> Dict:
     return json.loads((out / "metrics.json").read_text())
 
 
-def compare(run: Path, label: str, reuse_exact: bool, extra: List[str], cwd: Path) -> Dict:
+def compare(run: Path, label: str, reuse_exact: bool, extra: List[str], cwd: Path, size: str = "") -> Dict:
     ex = json.loads((run / "metrics.json").read_text()) if reuse_exact else _test(run, "exact", extra, cwd)
-    pq = _test(run, "pq", extra, cwd)
+    if size:
+        c, n = size.split("x")
+        pq = _test(run, "pq", [*extra, "--model.init_args.pq.n_centroids", c, "--model.init_args.pq.n_sub", n], cwd,
+                   tag=f"pq_{size}")
+    else:
+        pq = _test(run, "pq", extra, cwd)
     k = next((key.rsplit("@", 1)[1] for key in pq if key.startswith("test/gsu/recall@")), "?")
-    row = {"dataset": label, "run": str(run), "seed": pq.get("seed"), "protocol": pq.get("protocol"),
+    row = {"dataset": label, "run": str(run), "pq_size": size, "seed": pq.get("seed"), "protocol": pq.get("protocol"),
            "topk": k, "gsu_backend": pq.get("gsu_backend"), "bytes_per_behaviour": pq.get("gsu_bytes_per_behaviour"),
            "gsu_recall": pq.get(f"test/gsu/recall@{k}"),
            "ms_exact": pq.get("test/gsu/exact_ms_per_request"), "ms_pq": pq.get("test/gsu/ms_per_request")}
@@ -97,6 +111,65 @@ def render(rows: List[Dict]) -> str:
     return "\n".join(L) + "\n"
 
 
+def _mean_std(xs) -> str:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "-"
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{statistics.mean(xs):.4f} ± {sd:.4f}"
+
+
+def render_grid(rows: List[Dict]) -> str:
+    L = ["# SEMINAR-PQ codebook size (n_centroids x n_sub) on the fast path", "",
+         "Each finetuned SEMINAR checkpoint (one per seed) tested with `--model.init_args.retrieval pq` at every "
+         "codebook size (`--model.init_args.pq.n_centroids C --model.init_args.pq.n_sub S`): faiss 4-bit fast-scan "
+         "for 16 centroids, faiss 8-bit IndexPQ for 64 and 256 (the `auto` backend on CPU), codebooks fitted at test "
+         "start. Deltas are against the same checkpoint tested with exact retrieval. Bytes per behaviour = modalities "
+         "x n_sub x log2(C) / 8. `ms pq` / `ms exact` = GSU selection time per scored row in the same test run "
+         "(exact scoring is cheap at these history lengths). Mean ± std over seeds.", "",
+         "| n_centroids | n_sub | B/behaviour | n | AUC | NDCG@10 | dAUC | dNDCG@10 | GSU recall@K | ms pq | ms exact |",
+         "|---|---|---|---|---|---|---|---|---|---|---|"]
+    groups: Dict[str, List[Dict]] = {}
+    for r in rows:
+        groups.setdefault(r["pq_size"], []).append(r)
+    for size, g in sorted(groups.items(), key=lambda kv: tuple(int(x) for x in kv[0].split("x"))):
+        c, n = size.split("x")
+        L.append(f"| {c} | {n} | {g[0]['bytes_per_behaviour']} | {len(g)} | {_mean_std([r['test/auc/pq'] for r in g])} | "
+                 f"{_mean_std([r['test/ndcg@10/pq'] for r in g])} | {_mean_std([r['test/auc/delta'] for r in g])} | "
+                 f"{_mean_std([r['test/ndcg@10/delta'] for r in g])} | {_mean_std([r['gsu_recall'] for r in g])} | "
+                 f"{_mean_std([r['ms_pq'] for r in g])} | {_mean_std([r['ms_exact'] for r in g])} |")
+    ex = {r["run"]: r for r in rows}.values()
+    L += ["", f"Exact retrieval on the same checkpoints: AUC {_mean_std([r['test/auc/exact'] for r in ex])}, "
+              f"NDCG@10 {_mean_std([r['test/ndcg@10/exact'] for r in ex])}.", "",
+          "![codebook sweep](./codebook_sweep.png)"]
+    return "\n".join(L) + "\n"
+
+
+def plot_grid(rows: List[Dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for c in sorted({int(r["pq_size"].split("x")[0]) for r in rows}):
+        pts: Dict[int, List[Dict]] = {}
+        for r in rows:
+            if int(r["pq_size"].split("x")[0]) == c:
+                pts.setdefault(r["bytes_per_behaviour"], []).append(r)
+        xs = sorted(pts)
+        axes[0].plot(xs, [statistics.mean(r["gsu_recall"] for r in pts[x]) for x in xs], "o-", label=f"{c} centroids")
+        axes[1].plot(xs, [statistics.mean(r["test/ndcg@10/delta"] for r in pts[x]) for x in xs], "o-", label=f"{c} centroids")
+    axes[0].set(xlabel="bytes per behaviour", ylabel="GSU recall@K (share of the exact top-K)", xscale="log")
+    axes[1].set(xlabel="bytes per behaviour", ylabel="NDCG@10 pq - exact", xscale="log")
+    axes[1].axhline(0, color="grey", lw=0.5)
+    for ax in axes:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: Optional[List[str]] = None) -> List[Dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", nargs="+", required=True, help="SEMINAR run folders (config.yaml, metrics.json)")
@@ -105,21 +178,29 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     ap.add_argument("--cwd", default=".", help="folder the runs' relative data paths resolve from")
     ap.add_argument("--reuse-exact", action="store_true",
                     help="take the exact numbers from RUN/metrics.json (the experiment's own test of the best checkpoint)")
+    ap.add_argument("--pq-grid", nargs="*", default=[], help="codebook sizes CxS (n_centroids x n_sub) to sweep")
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more arguments for `seminar-zoo test`")
     a = ap.parse_args(argv)
     extra = a.extra[1:] if a.extra[:1] == ["--"] else a.extra
     for r in a.runs:
         if not (Path(r) / "metrics.json").exists() or not (Path(r) / "config.yaml").exists():
             ap.error(f"--runs: {r} holds no metrics.json and config.yaml of a finished run")
+    for size in a.pq_grid:
+        if not re.fullmatch(r"\d+x\d+", size):
+            ap.error(f"--pq-grid: {size!r} is not CxS (n_centroids x n_sub, e.g. 16x8)")
     out = Path(a.out)
     old = json.loads(out.with_suffix(".json").read_text())["rows"] if out.with_suffix(".json").exists() else []
-    new = [compare(Path(r).resolve(), a.label, a.reuse_exact, extra, Path(a.cwd).resolve()) for r in a.runs]
-    keep = [r for r in old if r["run"] not in {n["run"] for n in new}]
+    new = [compare(Path(r).resolve(), a.label, a.reuse_exact, extra, Path(a.cwd).resolve(), size)
+           for size in (a.pq_grid or [""]) for r in a.runs]
+    keep = [r for r in old if (r["run"], r.get("pq_size", "")) not in {(n["run"], n["pq_size"]) for n in new}]
     rows = keep + new
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"load_average": os.getloadavg(), "rows": rows}, indent=1))
-    out.with_suffix(".md").write_text(render(rows))
-    print(render(rows))
+    text = render_grid(rows) if a.pq_grid else render(rows)
+    if a.pq_grid:
+        plot_grid(rows, out.with_suffix(".png"))
+    out.with_suffix(".md").write_text(text)
+    print(text)
     return rows
 
 

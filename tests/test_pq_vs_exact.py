@@ -35,3 +35,18 @@ def test_table_deltas_and_bounds(tmp_path):
     assert len(rows) == 2
     md = out.with_suffix(".md").read_text()
     assert "| toy | ranking | 2 | -0.0010 | 0.0030 |" in md and md.rstrip().endswith("| NO |")
+
+
+def test_codebook_grid_table_and_plot(tmp_path):
+    a = _run(tmp_path, "a", 0, 0.8, 0.30, 0.801, 0.304)
+    for size, auc in (("16x2", 0.79), ("64x4", 0.80)):
+        d = a / f"test_pq_{size}"
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps({"seed": 0, "protocol": "ranking", "test/auc": auc, "test/ndcg@10": 0.3,
+                                                    "test/gsu/recall@20": 0.5, "gsu_bytes_per_behaviour": 4}))
+    out = tmp_path / "grid"
+    rows = P.main(["--runs", str(a), "--label", "toy", "--pq-grid", "16x2", "64x4", "--out", str(out)])
+    assert [r["pq_size"] for r in rows] == ["16x2", "64x4"]
+    md = out.with_suffix(".md").read_text()
+    assert "| 16 | 2 | 4 | 1 | 0.7900 ± 0.0000 |" in md and "-0.0100 ± 0.0000" in md
+    assert out.with_suffix(".png").stat().st_size > 5000

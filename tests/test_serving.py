@@ -61,7 +61,7 @@ def test_serve_bench_cli_and_errors(tiny_dm, tmp_path):
     assert p.returncode == 0, p.stderr
     assert "L=100: p50" in p.stdout and "L=300: p50" in p.stdout and "index build" in p.stdout
     res = json.loads((tmp_path / "sb.json").read_text())
-    assert {"p50_ms@300", "p99_ms@300", "build_ms@300", "load_average"} <= set(res)
+    assert {"p50_ms@300", "p99_ms@300", "build_ms@300", "exact_p50_ms@300", "load_average"} <= set(res)
     p = run("serve-bench", "--export", str(tmp_path / "exp"), "--lengths", "0")
     assert p.returncode == 2 and "--lengths" in p.stderr and "Traceback" not in p.stderr
     p = run("serve-bench", "--export", str(tmp_path / "nothing"))
@@ -85,6 +85,8 @@ def test_server_caches_the_user_index_and_replay_matches_the_model(tiny_data, ti
     plain = [server.logit(*args(i)) for i in range(6)]
     cached = [server.logit(*args(i), user=int(b["user_id"][i])) for i in range(6)]
     assert cached == pytest.approx(plain, abs=1e-6)
+    # R*K = 80 >= L = 40: the PQ stage keeps every behaviour, so the exact path gives the same logits
+    assert [server.logit(*args(i), exact=True) for i in range(6)] == pytest.approx(plain, abs=1e-5)
     users = b["user_id"].tolist()
     assert server.cache_hits == 6 - len(set(users)) and len(server.cache) <= 2
     h, q, it, qt = args(0)  # a changed history rebuilds the user's index instead of reusing a stale one

@@ -63,7 +63,8 @@ def compare(run: Path, label: str, reuse_exact: bool, extra: List[str], cwd: Pat
     ex = json.loads((run / "metrics.json").read_text()) if reuse_exact else _test(run, "exact", extra, cwd)
     if size:
         c, n = size.split("x")
-        pq = _test(run, "pq", [*extra, "--model.init_args.pq.n_centroids", c, "--model.init_args.pq.n_sub", n], cwd,
+        # the whole `pq` dict (an exact run's config has pq: null, so pq.KEY overrides would have nothing to merge into)
+        pq = _test(run, "pq", [*extra, "--model.init_args.pq", json.dumps({"n_centroids": int(c), "n_sub": int(n)})], cwd,
                    tag=f"pq_{size}")
     else:
         pq = _test(run, "pq", extra, cwd)
@@ -122,7 +123,7 @@ def _mean_std(xs) -> str:
 def render_grid(rows: List[Dict]) -> str:
     L = ["# SEMINAR-PQ codebook size (n_centroids x n_sub) on the fast path", "",
          "Each finetuned SEMINAR checkpoint (one per seed) tested with `--model.init_args.retrieval pq` at every "
-         "codebook size (`--model.init_args.pq.n_centroids C --model.init_args.pq.n_sub S`): faiss 4-bit fast-scan "
+         "codebook size (`--model.init_args.pq '{\"n_centroids\": C, \"n_sub\": S}'`, other pq settings at their defaults): faiss 4-bit fast-scan "
          "for 16 centroids, faiss 8-bit IndexPQ for 64 and 256 (the `auto` backend on CPU), codebooks fitted at test "
          "start. Deltas are against the same checkpoint tested with exact retrieval. Bytes per behaviour = modalities "
          "x n_sub x log2(C) / 8. `ms pq` / `ms exact` = GSU selection time per scored row in the same test run "

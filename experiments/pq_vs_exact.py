@@ -59,6 +59,12 @@ def _test(run: Path, retrieval: str, extra: List[str], cwd: Path, tag: str = "")
     return json.loads((out / "metrics.json").read_text())
 
 
+def _packed_bytes(n_codes, n_centroids: int):
+    if n_codes is None:
+        return None
+    return -(-n_codes * (4 if n_centroids <= 16 else 8) // 8)
+
+
 def compare(run: Path, label: str, reuse_exact: bool, extra: List[str], cwd: Path, size: str = "") -> Dict:
     ex = json.loads((run / "metrics.json").read_text()) if reuse_exact else _test(run, "exact", extra, cwd)
     if size:
@@ -70,7 +76,9 @@ def compare(run: Path, label: str, reuse_exact: bool, extra: List[str], cwd: Pat
         pq = _test(run, "pq", extra, cwd)
     k = next((key.rsplit("@", 1)[1] for key in pq if key.startswith("test/gsu/recall@")), "?")
     row = {"dataset": label, "run": str(run), "pq_size": size, "seed": pq.get("seed"), "protocol": pq.get("protocol"),
-           "topk": k, "gsu_backend": pq.get("gsu_backend"), "bytes_per_behaviour": pq.get("gsu_bytes_per_behaviour"),
+           "topk": k, "gsu_backend": pq.get("gsu_backend"), "codes_per_behaviour": pq.get("gsu_bytes_per_behaviour"),
+           # as the scanner holds them: 4-bit codes two per byte (fast-scan), larger codebooks one byte a code (IndexPQ)
+           "bytes_per_behaviour": _packed_bytes(pq.get("gsu_bytes_per_behaviour"), int(size.split("x")[0]) if size else 16),
            "gsu_recall": pq.get(f"test/gsu/recall@{k}"),
            "ms_exact": pq.get("test/gsu/exact_ms_per_request"), "ms_pq": pq.get("test/gsu/ms_per_request")}
     for m in BOUNDS:
@@ -125,17 +133,18 @@ def render_grid(rows: List[Dict]) -> str:
          "Each finetuned SEMINAR checkpoint (one per seed) tested with `--model.init_args.retrieval pq` at every "
          "codebook size (`--model.init_args.pq '{\"n_centroids\": C, \"n_sub\": S}'`, other pq settings at their defaults): faiss 4-bit fast-scan "
          "for 16 centroids, faiss 8-bit IndexPQ for 64 and 256 (the `auto` backend on CPU), codebooks fitted at test "
-         "start. Deltas are against the same checkpoint tested with exact retrieval. Bytes per behaviour = modalities "
-         "x n_sub x log2(C) / 8. `ms pq` / `ms exact` = GSU selection time per scored row in the same test run "
+         "start. Deltas are against the same checkpoint tested with exact retrieval. Codes per behaviour = modalities "
+         "x n_sub; bytes as the faiss scanner holds them (4-bit codes two per byte for 16 centroids, one byte a code for 64 "
+         "and 256). `ms pq` / `ms exact` = GSU selection time per scored row in the same test run "
          "(exact scoring is cheap at these history lengths). Mean ± std over seeds.", "",
-         "| n_centroids | n_sub | B/behaviour | n | AUC | NDCG@10 | dAUC | dNDCG@10 | GSU recall@K | ms pq | ms exact |",
-         "|---|---|---|---|---|---|---|---|---|---|---|"]
+         "| n_centroids | n_sub | codes | B/behaviour | n | AUC | NDCG@10 | dAUC | dNDCG@10 | GSU recall@K | ms pq | ms exact |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     groups: Dict[str, List[Dict]] = {}
     for r in rows:
         groups.setdefault(r["pq_size"], []).append(r)
     for size, g in sorted(groups.items(), key=lambda kv: tuple(int(x) for x in kv[0].split("x"))):
         c, n = size.split("x")
-        L.append(f"| {c} | {n} | {g[0]['bytes_per_behaviour']} | {len(g)} | {_mean_std([r['test/auc/pq'] for r in g])} | "
+        L.append(f"| {c} | {n} | {g[0].get('codes_per_behaviour')} | {g[0]['bytes_per_behaviour']} | {len(g)} | {_mean_std([r['test/auc/pq'] for r in g])} | "
                  f"{_mean_std([r['test/ndcg@10/pq'] for r in g])} | {_mean_std([r['test/auc/delta'] for r in g])} | "
                  f"{_mean_std([r['test/ndcg@10/delta'] for r in g])} | {_mean_std([r['gsu_recall'] for r in g])} | "
                  f"{_mean_std([r['ms_pq'] for r in g])} | {_mean_std([r['ms_exact'] for r in g])} |")

@@ -48,5 +48,5 @@ def test_codebook_grid_table_and_plot(tmp_path):
     rows = P.main(["--runs", str(a), "--label", "toy", "--pq-grid", "16x2", "64x4", "--out", str(out)])
     assert [r["pq_size"] for r in rows] == ["16x2", "64x4"]
     md = out.with_suffix(".md").read_text()
-    assert "| 16 | 2 | 4 | 1 | 0.7900 ± 0.0000 |" in md and "-0.0100 ± 0.0000" in md
+    assert "| 16 | 2 | 4 | 2 | 1 | 0.7900 ± 0.0000 |" in md and "-0.0100 ± 0.0000" in md
     assert out.with_suffix(".png").stat().st_size > 5000

@@ -369,10 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--items", type=int, default=200_000)
     ap.add_argument("--queries", type=int, default=5_000)
     ap.add_argument("--pq", default="8x16,16x16,4x256,8x256", help="MultiModalPQ sizes n_subxn_centroids")
-    ap.add_argument("--alloc", default="32,64", help="total 4-bit sub-spaces split by score-variance share")
+    ap.add_argument("--alloc", default="32,64,96", help="total 4-bit sub-spaces split by score-variance share")
     ap.add_argument("--aniso-eta", type=float, default=4.0, help="score-aware rows' aniso_eta (1: none)")
     ap.add_argument("--fit-rows", type=int, default=20_000)
-    ap.add_argument("--rerank-factor", default="4,6,10",
+    ap.add_argument("--rerank-factor", default="2,3,4,6,10",
                     help="re-rank pools R (the PQ top R*K is re-scored exactly); comma-separated")
     ap.add_argument("--native-bytes", type=int, default=16, help="bytes per behaviour of faiss' own fast-scan")
     ap.add_argument("--simhash-bits", type=int, default=256)

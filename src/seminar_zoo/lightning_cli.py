@@ -117,6 +117,6 @@ class ZooCLI(LightningCLI):
     def _instantiate_trainer(self, config, callbacks):
         # last.ckpt must be written after the monitored ModelCheckpoint has recorded this epoch's
         # best: Lightning keeps checkpoint callbacks in list order at the end of the list, so the
-        # last-checkpoint callback goes after the config's "checkpoint" one (issue 15 §2).
+        # last-checkpoint callback goes after the config's "checkpoint" one (tests/test_callbacks.py).
         last = LastCheckpoint(self._cfg().checkpoint.dirpath)
         return super()._instantiate_trainer(config, [*callbacks, last])

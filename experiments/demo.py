@@ -65,7 +65,8 @@ def main(argv=None):
         run_dir = out / "runs" / name
         mfile = run_dir / "metrics.json"
         if a.force or not mfile.exists():
-            cmd = exe + ["experiment", "--config", str(cfg), "--data.path", str(data), "--run_dir", str(run_dir),
+            base = ["--config", str(ROOT / "experiments" / "seminar.yaml")] if name == "seminar_pq" else []  # an overlay
+            cmd = exe + ["experiment", *base, "--config", str(cfg), "--data.path", str(data), "--run_dir", str(run_dir),
                          "--name", name, "--data.max_len", str(a.seq_len), "--trainer.max_epochs", str(a.epochs),
                          "--seed_everything", str(a.seed), "--trainer.enable_progress_bar", "false",
                          "--overwrite" if mfile.exists() else "--resume",

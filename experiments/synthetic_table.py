@@ -67,7 +67,9 @@ def configs() -> List[Config]:
             out.append(Config(f"{p.stem}-noquery", p, "baseline", seq + NO_QUERY + NO_QUERY_EXTRA.get(p.stem, []),
                               NO_QUERY_LABEL.get(p.stem, f"{p.stem} (no query)")))
     out.append(Config("seminar", ROOT / "experiments" / "seminar.yaml", "seminar", [], "seminar"))
-    out += [Config(f"seminar-{p.stem}", p, "ablation", [], ABLATION_LABELS.get(p.stem, f"seminar-{p.stem}"))
+    # an ablation is an overlay on seminar.yaml (it holds only what changes): --config seminar.yaml ... --config it
+    out += [Config(f"seminar-{p.stem}", ROOT / "experiments" / "seminar.yaml", "ablation", ["--config", str(p)],
+                   ABLATION_LABELS.get(p.stem, f"seminar-{p.stem}"))
             for p in sorted((ROOT / "experiments" / "ablations").glob("*.yaml"))]
     return out
 

@@ -6,6 +6,7 @@ import math
 import pytest
 
 from seminar_zoo import compare as C
+from seminar_zoo import compare_format as F
 
 
 def write_run(root, name, seed, auc, ndcg, loss=0.5, model=None, params=None, sweep=None, **extra):
@@ -41,10 +42,10 @@ def test_summary_means_and_stds(runs):
     assert din["stats"]["test/auc"][1] == pytest.approx(0.02)  # sample std (ddof 1)
     assert din["stats"]["test/ndcg@10"][1] == pytest.approx(math.sqrt(0.0003))
     assert sim["stats"]["test/auc"] == pytest.approx((0.81, math.sqrt(2e-4), 2))
-    assert C.best_rows(rows, "test/auc") == [1]
-    assert C.best_rows(rows, "test/ndcg@10") == [0]
-    assert C.best_rows(rows, "test/loss") == [0]  # losses: lower is better
-    assert C.best_rows(rows, "test/auc", goal="minimize") == [0]
+    assert F.best_rows(rows, "test/auc") == [1]
+    assert F.best_rows(rows, "test/ndcg@10") == [0]
+    assert F.best_rows(rows, "test/loss") == [0]  # losses: lower is better
+    assert F.best_rows(rows, "test/auc", goal="minimize") == [0]
 
 
 def test_compare_writes_table_csv_and_plots(runs, tmp_path):
@@ -116,7 +117,7 @@ def test_two_parameter_sweep_plot(tmp_path):
                       params={"model.init_args.n_centroids": nc, "model.init_args.n_sub": ns}, sweep="codebook")
     res = C.compare([root], tmp_path / "out", ["test/auc"])
     assert len(res["rows"]) == 6
-    best = [r for i, r in enumerate(res["rows"]) if i in C.best_rows(res["rows"], "test/auc")]
+    best = [r for i, r in enumerate(res["rows"]) if i in F.best_rows(res["rows"], "test/auc")]
     assert best[0]["params"] == {"model.init_args.n_centroids": 256, "model.init_args.n_sub": 4}
     assert (tmp_path / "out" / "sweep.png").stat().st_size > 10_000
 
@@ -172,14 +173,14 @@ def test_runs_on_different_datasets_are_not_merged(tmp_path):
     by = {r["n"]: r for r in rows}
     assert by[2]["stats"]["test/auc"][0] == pytest.approx(0.6)
     assert by[3]["stats"]["test/auc"][0] == pytest.approx(0.7)
-    head = C.header_line(rows)
+    head = F.header_line(rows)
     assert "synthetic (200 users, 300 items, 9000 events;" in head
     assert "synthetic (2000 users, 300 items, 90000 events;" in head
     assert dataset_fingerprint(base) != dataset_fingerprint({**base, "generator": {"seq_len": 41}})
 
 
 def test_descriptive_columns_are_not_ranked_and_read_as_counts():
-    from seminar_zoo.compare import best_rows, fmt_stat
+    from seminar_zoo.compare_format import best_rows, fmt_stat
 
     rows = [{"stats": {"epochs": (26.0, 1.0, 3), "fit_seconds": (30.0, 1.0, 3)}},
             {"stats": {"epochs": (16.0, 3.0, 3), "fit_seconds": (20.0, 2.0, 3)}}]

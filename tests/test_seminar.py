@@ -319,16 +319,3 @@ def test_pq_test_from_a_saved_checkpoint(tiny_data, tiny_dm, tmp_path, recwarn):
         exact = SEMINAR.load_from_checkpoint(str(tmp_path / "pq.ckpt"))
     assert bool(again.pq_index.is_fitted) and torch.equal(again.pq_index.codebooks, pqm.pq_index.codebooks)
     assert not bool(other.pq_index.is_fitted) and exact.pq_index is None
-
-
-def test_seminar_pq_yaml_differs_from_seminar_yaml_only_in_retrieval():
-    import pathlib
-
-    import yaml
-
-    root = pathlib.Path(__file__).resolve().parents[1] / "experiments"
-    ex, pq = (yaml.safe_load((root / f).read_text()) for f in ("seminar.yaml", "seminar_pq.yaml"))
-    assert ex["model"]["init_args"].pop("retrieval") == "exact"
-    assert pq["model"]["init_args"].pop("retrieval") == "pq"
-    assert pq["model"]["init_args"].pop("pq")["backend"] == "auto"
-    assert ex == pq

@@ -19,13 +19,15 @@ repetitions a row averages). Written to ``--out`` (default ``runs/compare``):
   ±std error bars; log2 x axis for integers spanning a factor of 8 or more (codebook sizes),
   log10 for values spanning a factor of 100 or more (learning rates).
 
+Reading and grouping are here; the tables are :mod:`seminar_zoo.compare_format`, the plots
+:mod:`seminar_zoo.compare_plots`.
+
 Simplifications: the standard deviation is over whatever runs share a group (normally
 seeds); no significance test is computed.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -33,28 +35,15 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
+from .compare_format import markdown_table, param_order, sort_key, write_csv
+from .compare_plots import PLOT_METRICS, plot_compare, plot_sweep
+
 DEFAULT_METRICS = ["test/auc", "test/gauc", "test/ndcg@10", "test/hr@10", "test/mrr"]
-PLOT_METRICS = ["test/auc", "test/ndcg@10"]
 SEED_KEYS = ("seed_everything",)
-LOWER_IS_BETTER = ("loss", "seconds", "rss", "_mb", "latency")
-NOT_RANKED = ("epochs",)  # descriptive columns: neither higher nor lower is better
-ONE_DECIMAL = ("fit_seconds", "test_seconds", "test_wall_seconds", "samples_per_second", "peak_rss_mb", "epochs")
-PRETTY = {"test/auc": "AUC", "test/gauc": "GAUC", "test/mrr": "MRR", "fit_seconds": "fit s",
-          "samples_per_second": "train rows/s", "peak_rss_mb": "peak RSS MB", "test_seconds": "test s",
-          "test_wall_seconds": "test wall s"}
 
 
 class CompareError(ValueError):
     pass
-
-
-def pretty(metric: str) -> str:
-    if metric in PRETTY:
-        return PRETTY[metric]
-    m = metric[5:] if metric.startswith("test/") else metric
-    if m.startswith("gsu/recall@"):
-        return "GSU recall@" + m.split("@", 1)[1]
-    return m.upper() if "@" in m else m
 
 
 # --------------------------------------------------------------------------- reading
@@ -120,10 +109,6 @@ def _fingerprint(m: Dict[str, Any]) -> Optional[str]:
 
 
 # --------------------------------------------------------------------------- grouping
-def _sort_key(v):
-    return (0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, json.dumps(v))
-
-
 def summarize(records: List[Dict[str, Any]], metrics: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     """Group records (module docstring) and compute mean/std/n per metric; rows in a stable order."""
     groups: Dict[tuple, Dict[str, Any]] = {}
@@ -146,7 +131,7 @@ def summarize(records: List[Dict[str, Any]], metrics: Optional[Sequence[str]] = 
     rows = []
     for g in groups.values():
         g["n"] = len(g["runs"])
-        g["seeds"] = sorted((r["seed"] for r in g["runs"] if r["seed"] is not None), key=_sort_key)
+        g["seeds"] = sorted((r["seed"] for r in g["runs"] if r["seed"] is not None), key=sort_key)
         g["run_dirs"] = [r["run_dir"] for r in g["runs"]]
         g["stats"] = {}
         for k in names:
@@ -161,233 +146,8 @@ def summarize(records: List[Dict[str, Any]], metrics: Optional[Sequence[str]] = 
         rows.append(g)
     order = param_order(rows)
     rows.sort(key=lambda g: (label_order.index(g["label"]), str(g["dataset"]), str(g["protocol"]),
-                             [_sort_key(g["params"].get(p)) for p in order]))
+                             [sort_key(g["params"].get(p)) for p in order]))
     return rows
-
-
-def param_order(rows: List[Dict[str, Any]]) -> List[str]:
-    out: List[str] = []
-    for g in rows:
-        for p in g["param_order"] or list(g["params"]):
-            if p not in out:
-                out.append(p)
-    return out
-
-
-def lower_is_better(metric: str) -> bool:
-    return any(s in metric for s in LOWER_IS_BETTER)
-
-
-def best_rows(rows: List[Dict[str, Any]], metric: str, goal: Optional[str] = None) -> List[int]:
-    """Indices of rows whose mean is the best for ``metric`` (ties: all); empty with < 2 rows having it."""
-    have = [(i, g["stats"][metric][0]) for i, g in enumerate(rows) if metric in g["stats"]]
-    if len(have) < 2 or metric in NOT_RANKED:
-        return []
-    minimize = goal == "minimize" if goal else lower_is_better(metric)
-    best = (min if minimize else max)(v for _, v in have)
-    return [i for i, v in have if abs(v - best) <= 1e-12 * max(1.0, abs(best))]
-
-
-def fmt_stat(metric: str, stat) -> str:
-    mean, std, n = stat
-    f = "{:.1f}" if metric in ONE_DECIMAL else "{:.4f}"
-    return f.format(mean) if n < 2 or math.isnan(std) else f"{f.format(mean)} ± {f.format(std)}"
-
-
-def short_names(names: Sequence[str]) -> Dict[str, str]:
-    """Last dotted component of each parameter name, or the whole name where that is ambiguous."""
-    last = [n.split(".")[-1] for n in names]
-    return {n: (s if last.count(s) == 1 else n) for n, s in zip(names, last)}
-
-
-def header_line(rows: List[Dict[str, Any]]) -> str:
-    parts = []
-    protos = sorted({(g["protocol"], g["n_eval_negatives"]) for g in rows}, key=str)
-    ps = []
-    for proto, neg in protos:
-        if proto == "ranking":
-            ps.append(f"ranking (each test target ranked against {neg} sampled negatives)")
-        elif proto == "ctr":
-            ps.append("ctr (labelled impressions; AUC/GAUC over all test samples, NDCG/HR per request)")
-        else:
-            ps.append(str(proto))
-    parts.append("Protocol: " + "; ".join(ps))
-    datasets = sorted({str(g["dataset"]) for g in rows})
-    parts.append("dataset: " + ", ".join(datasets))
-    parts.append("mean ± std over n runs (seeds); best per column in bold")
-    return " · ".join(parts)
-
-
-def markdown_table(rows: List[Dict[str, Any]], metrics: Sequence[str], goal: Optional[Dict[str, str]] = None,
-                   header: bool = True) -> str:
-    metrics = [m for m in metrics if any(m in g["stats"] for g in rows)]
-    params = param_order(rows)
-    short = short_names(params)
-    vary = [c for c in ("dataset", "protocol", "n_eval_negatives") if len({str(g[c]) for g in rows}) > 1]
-    cols = ["model"] + [short[p] for p in params] + vary + ["n"] + [pretty(m) for m in metrics]
-    best = {m: set(best_rows(rows, m, (goal or {}).get(m))) for m in metrics}
-    lines = [header_line(rows), ""] if header else []
-    lines.append("| " + " | ".join(cols) + " |")
-    lines.append("|" + "|".join("---" if i < 1 + len(params) + len(vary) else "---:" for i in range(len(cols))) + "|")
-    for i, g in enumerate(rows):
-        cells = [str(g["label"])]
-        cells += [_fmt_param(g["params"][p]) if p in g["params"] else "–" for p in params]
-        cells += [str(g[c]) for c in vary]
-        cells.append(str(g["n"]))
-        for m in metrics:
-            if m not in g["stats"]:
-                cells.append("–")
-                continue
-            s = fmt_stat(m, g["stats"][m])
-            cells.append(f"**{s}**" if i in best[m] else s)
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _fmt_param(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
-
-
-def write_csv(rows: List[Dict[str, Any]], metrics: Sequence[str], path: Path) -> None:
-    params = param_order(rows)
-    cols = ["label"] + params + ["dataset", "protocol", "n_eval_negatives", "n", "seeds"]
-    for m in metrics:
-        cols += [m, f"{m}_std"]
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(cols)
-        for g in rows:
-            row = [g["label"]] + [_fmt_param(g["params"][p]) if p in g["params"] else "" for p in params]
-            row += [g["dataset"], g["protocol"], g["n_eval_negatives"], g["n"], " ".join(map(str, g["seeds"]))]
-            for m in metrics:
-                if m in g["stats"]:
-                    mean, std, _ = g["stats"][m]
-                    row += [f"{mean:.6g}", "" if math.isnan(std) else f"{std:.6g}"]
-                else:
-                    row += ["", ""]
-            w.writerow(row)
-
-
-# --------------------------------------------------------------------------- plots
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def group_label(g: Dict[str, Any], params: Sequence[str]) -> str:
-    short = short_names(params)
-    extra = [f"{short[p]}={_fmt_param(g['params'][p])}" for p in params if p in g["params"]]
-    return "\n".join([str(g["label"])] + extra)
-
-
-def _subtitle(rows) -> str:
-    return header_line(rows).split(" · mean")[0]
-
-
-def plot_compare(rows: List[Dict[str, Any]], path: Path, metrics: Sequence[str] = PLOT_METRICS) -> Optional[Path]:
-    metrics = [m for m in metrics if any(m in g["stats"] for g in rows)]
-    if not metrics:
-        return None
-    plt = _plt()
-    params = param_order(rows)
-    labels = [group_label(g, params) for g in rows]
-    width = max(6.0, 1.0 + 0.9 * len(rows)) * len(metrics)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(min(width, 22), 4.8), squeeze=False)
-    colors = plt.get_cmap("tab10")
-    models = list(dict.fromkeys(g["label"] for g in rows))
-    for ax, m in zip(axes[0], metrics):
-        xs, means, errs, cols = [], [], [], []
-        for i, g in enumerate(rows):
-            if m in g["stats"]:
-                mean, std, _ = g["stats"][m]
-                xs.append(i)
-                means.append(mean)
-                errs.append(0.0 if math.isnan(std) else std)
-                cols.append(colors(models.index(g["label"]) % 10))
-        bars = ax.bar(xs, means, yerr=errs, capsize=4, color=cols, edgecolor="black", linewidth=0.5)
-        for b, v, e in zip(bars, means, errs):
-            ax.text(b.get_x() + b.get_width() / 2, v + e, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
-        top = max(v + e for v, e in zip(means, errs))
-        ax.set_ylim(0, min(1.0, top * 1.15) if top <= 1 else top * 1.15)
-        if m.endswith("auc"):
-            ax.axhline(0.5, ls="--", color="gray", lw=1, label="chance (0.5)")
-            ax.set_ylim(0, max(1.0, top * 1.05) if top > 0.9 else min(1.0, top * 1.15))
-            ax.legend(loc="lower right", fontsize=8)
-        ax.set_xticks(range(len(rows)))
-        ax.set_xticklabels(labels, rotation=30 if len(rows) > 4 else 0, ha="right" if len(rows) > 4 else "center",
-                           fontsize=8)
-        ax.set_ylabel(f"test {pretty(m)} (mean ± std)")
-        ax.set_title(f"{pretty(m)} by model")
-        ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(_subtitle(rows), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _numeric(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def plot_sweep(rows: List[Dict[str, Any]], path: Path, metrics: Sequence[str] = PLOT_METRICS) -> Optional[Path]:
-    swept = [g for g in rows if g["params"]]
-    metrics = [m for m in metrics if any(m in g["stats"] for g in swept)]
-    if not swept or not metrics:
-        return None
-    params = param_order(swept)
-    xp = next((p for p in params if all(_numeric(g["params"].get(p)) for g in swept if p in g["params"])), params[0])
-    others = [p for p in params if p != xp]
-    short = short_names(params)
-    xs_all = sorted({g["params"][xp] for g in swept if xp in g["params"]}, key=_sort_key)
-    numeric = all(_numeric(v) for v in xs_all)
-    ints = numeric and all(isinstance(v, int) for v in xs_all)
-    ratio = max(xs_all) / min(xs_all) if numeric and min(xs_all) > 0 else 0
-    logx = (2 if ints and ratio >= 8 else 10 if ratio >= 100 else None) if numeric else None
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(6.0 * len(metrics), 4.5), squeeze=False)
-    series: Dict[str, List[Dict[str, Any]]] = {}
-    for g in swept:
-        name = ", ".join([str(g["label"])] + [f"{short[p]}={_fmt_param(g['params'][p])}" for p in others
-                                              if p in g["params"]])
-        series.setdefault(name, []).append(g)
-    for ax, m in zip(axes[0], metrics):
-        for name, gs in series.items():
-            pts = sorted(((g["params"][xp], g["stats"][m]) for g in gs if m in g["stats"] and xp in g["params"]),
-                         key=lambda t: _sort_key(t[0]))
-            if not pts:
-                continue
-            x = [p[0] if numeric else xs_all.index(p[0]) for p in pts]
-            y = [p[1][0] for p in pts]
-            e = [0.0 if math.isnan(p[1][1]) else p[1][1] for p in pts]
-            ax.errorbar(x, y, yerr=e, marker="o", capsize=4, label=name)
-        if logx:
-            ax.set_xscale("log", base=logx)
-            ax.minorticks_off()
-        if numeric:
-            ax.set_xticks(xs_all)
-            ax.set_xticklabels([_fmt_param(v) for v in xs_all])
-        else:
-            ax.set_xticks(range(len(xs_all)))
-            ax.set_xticklabels([_fmt_param(v) for v in xs_all])
-        ax.set_xlabel(xp + (f" (log{logx} scale)" if logx else ""))
-        ax.set_ylabel(f"test {pretty(m)} (mean ± std)")
-        ax.set_title(f"{pretty(m)} vs {short[xp]}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, title="model" + (", " + ", ".join(short[p] for p in others) if others else ""),
-                  title_fontsize=8)
-    sweeps = sorted({str(g["sweep"]) for g in swept if g["sweep"]})
-    fig.suptitle((f"sweep {', '.join(sweeps)} · " if sweeps else "") + _subtitle(swept), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 # --------------------------------------------------------------------------- CLI

@@ -113,7 +113,11 @@ def preflight(argv: List[str], default_path: str = "runs/data/synthetic", warn=p
     neg = _int_arg(args, "data.n_eval_negatives", 1)
     if neg is not None and neg >= tables.n_items:
         raise UsageError(f"--data.n_eval_negatives {neg}: the dataset has only {tables.n_items} items")
-    model = args.get("model")
+    model = args.get("model") or args.get("model.class_path")
+    if not model:
+        raise UsageError("no model class: name one with --model NAME or a --config whose model has a class_path; "
+                         "an overlay (experiments/ablations/*.yaml, experiments/seminar_pq.yaml) goes after the "
+                         "config it changes: --config experiments/seminar.yaml --config experiments/ablations/no_gsu.yaml")
     if isinstance(model, str) and model.strip():  # last: the registry imports torch
         from .models import registry
 

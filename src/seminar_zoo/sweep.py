@@ -61,7 +61,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .compare import collect, markdown_table, short_names, summarize
+from .compare import collect, summarize
+from .compare_format import markdown_table, short_names
 from .runguard import atomic_json as _atomic_json
 from .sweep_spec import SweepError, grid_values, load_spec, sweep_points  # noqa: F401 (grid_values: public API)
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
-_DISCRETE = ("values", "value")
 
 
 class SweepError(ValueError):

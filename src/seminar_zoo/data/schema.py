@@ -24,7 +24,6 @@ import pyarrow.parquet as pq
 SCHEMA_VERSION = 1
 ITEMS, QUERIES, EVENTS, META = "items.parquet", "queries.parquet", "events.parquet", "meta.json"
 EVENT_COLUMNS = ("user_id", "ts", "query_id", "item_id", "label", "request_id")
-EMB_COLUMNS = ("text_emb", "image_emb")
 # Modalities a dataset may declare; "query" is the query text, "id"/"attr" always exist.
 ALL_MODALITIES = ("id", "attr", "text", "image", "query")
 

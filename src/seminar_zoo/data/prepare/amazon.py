@@ -44,9 +44,10 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..schema import DatasetError, emb_array, write_dataset
+from ..schema import DatasetError, emb_array
 from ..text_cache import empty_text_mask
 from . import common as C
+from . import readers as R
 
 SOURCE = ("Amazon Reviews (2018: J. Ni, J. Li, J. McAuley, EMNLP 2019, https://nijianmo.github.io/amazon/; "
           "2023: Y. Hou et al., arXiv 2403.03952, https://amazon-reviews-2023.github.io/)")
@@ -67,7 +68,7 @@ def clean_text(x) -> str:
 
 def _find_files(raw: Optional[str], reviews: Optional[str], meta: Optional[str]):
     if reviews and meta:
-        return C.require_file(reviews), C.require_file(meta)
+        return R.require_file(reviews), R.require_file(meta)
     if not raw:
         raise DatasetError("pass --raw DIR, or both --reviews FILE and --meta FILE")
     d = Path(raw)
@@ -76,8 +77,8 @@ def _find_files(raw: Optional[str], reviews: Optional[str], meta: Optional[str])
     js = [p for p in sorted(d.iterdir()) if p.is_file() and re.search(r"\.jsonl?(\.gz)?$", p.name)]
     metas = [p for p in js if p.name.startswith("meta")]
     revs = [p for p in js if not p.name.startswith("meta")]
-    m = C.require_file(meta) if meta else (metas[0] if len(metas) == 1 else None)
-    r = C.require_file(reviews) if reviews else (revs[0] if len(revs) == 1 else None)
+    m = R.require_file(meta) if meta else (metas[0] if len(metas) == 1 else None)
+    r = R.require_file(reviews) if reviews else (revs[0] if len(revs) == 1 else None)
     if m is None or r is None:
         raise DatasetError(f"{d}: expected one review file and one meta_* file (*.json, *.jsonl, optionally .gz); "
                            f"found reviews {[p.name for p in revs]}, metadata {[p.name for p in metas]}; "
@@ -90,7 +91,7 @@ def _field(obj: dict, names, path, line, what: str):
         v = obj.get(n)
         if v is not None and v != "":
             return n, v
-    raise C.bad(path, line, "/".join(names), f"missing {what} (a review needs one of {list(names)})")
+    raise R.bad(path, line, "/".join(names), f"missing {what} (a review needs one of {list(names)})")
 
 
 def read_reviews(path: Path, quiet: bool):
@@ -98,7 +99,7 @@ def read_reviews(path: Path, quiet: bool):
     u, i, t, line = (C.IntColumn() for _ in range(4))
     r = []
     fmt = None
-    for n, obj in C.iter_jsonl(path, "reviews", quiet):
+    for n, obj in R.iter_jsonl(path, "reviews", quiet):
         _, user = _field(obj, ("reviewerID", "user_id"), path, n, "user id")
         iname, item = _field(obj, ("parent_asin", "asin"), path, n, "item id")
         rname, rating = _field(obj, ("overall", "rating"), path, n, "rating")
@@ -106,15 +107,15 @@ def read_reviews(path: Path, quiet: bool):
         try:
             rating = float(rating)
         except (TypeError, ValueError):
-            raise C.bad(path, n, rname, f"rating is not a number: {rating!r}") from None
+            raise R.bad(path, n, rname, f"rating is not a number: {rating!r}") from None
         try:
             ts = int(float(ts))
         except (TypeError, ValueError):
-            raise C.bad(path, n, tname, f"time is not a number: {ts!r}") from None
+            raise R.bad(path, n, tname, f"time is not a number: {ts!r}") from None
         if tname == "timestamp":
             ts //= 1000  # 2023 release: milliseconds
         if ts < 0:
-            raise C.bad(path, n, tname, f"negative time {ts}")
+            raise R.bad(path, n, tname, f"negative time {ts}")
         fmt = fmt or ("2023" if tname == "timestamp" else "2018")
         u.append(users(str(user)))
         i.append(items(str(item)))
@@ -134,10 +135,10 @@ def read_meta(path: Path, wanted: Dict[str, int], quiet: bool):
     cats: List[List[str]] = [[] for _ in range(n)]
     brand: List[Optional[str]] = [None] * n
     found = np.zeros(n, bool)
-    for ln, obj in C.iter_jsonl(path, "metadata", quiet, python_literals=True):
+    for ln, obj in R.iter_jsonl(path, "metadata", quiet, python_literals=True):
         key = obj.get("parent_asin") or obj.get("asin")
         if key is None:
-            raise C.bad(path, ln, "asin/parent_asin", "missing item id")
+            raise R.bad(path, ln, "asin/parent_asin", "missing item id")
         k = wanted.get(str(key))
         if k is None or found[k]:
             continue
@@ -241,10 +242,6 @@ def prepare(reviews, meta_file, out, protocol="ranking", positive_threshold=4.0,
                          "--dummy-queries-from-description N)",
                 "image": "item images are not downloaded or embedded by this preparer"},
         }
-    label_rule = ("every review is a positive interaction (label 1); negatives are sampled by the DataModule"
-                  if protocol == "ranking" else
-                  f"every review is a labelled impression: label 1 if rating >= {positive_threshold:g}, else 0; "
-                  "histories use label-1 events only")
     meta = {
         "name": "amazon",
         "source": SOURCE,
@@ -262,22 +259,17 @@ def prepare(reviews, meta_file, out, protocol="ranking", positive_threshold=4.0,
                  "encoder": encoder.describe()},
         "protocol": protocol,
         "protocols": [protocol],
-        "label_rule": label_rule,
+        "label_rule": C.rating_label_rule(protocol, positive_threshold, "review"),
         "positive_threshold": positive_threshold if protocol == "ctr" else None,
-        "filter_rule": (f"users with fewer than {min_user_interactions} label-1 events are dropped "
-                        f"({st['users_dropped_min_interactions']} users, {st['events_dropped_with_users']} events); "
-                        f"{n_dup} exact duplicate reviews dropped; items are those in the kept events"),
+        "filter_rule": C.filter_rule(min_user_interactions, st,
+                                     f"{n_dup} exact duplicate reviews dropped; items are those in the kept events"),
         "ts_rule": "unix seconds (2023 release: ms // 1000); events sorted by (user, ts, raw line)",
-        "request_rule": (f"pseudo-requests: blocks of about {request_size} consecutive reviews of a user, closed at a "
-                         "timestamp change, the remainder folded into the user's last block"),
-        "split_rule": "per user by time (DataModule): ranking = last behaviour test, the one before val; "
-                      "ctr = last request test, the one before val",
+        "request_rule": C.pseudo_request_rule(request_size, "reviews"),
+        "split_rule": C.SPLIT_RULE,
         "stats": st,
         **meta_extra,
     }
-    path = write_dataset(out, cols, events, meta, queries)
-    C.summary("amazon", path, events, meta, time.time() - t0, quiet)
-    return path
+    return C.write("amazon", out, cols, events, meta, queries, t0, quiet)
 
 
 def main(argv: Optional[List[str]] = None) -> Path:

@@ -46,9 +46,10 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..schema import DatasetError, emb_array, write_dataset
+from ..schema import DatasetError, emb_array
 from ..text_encoders import hash_token_ids
 from . import common as C
+from . import readers as R
 
 SOURCE = ("KuaiSAR (Z. Sun et al., 'KuaiSAR: A Unified Search And Recommendation Dataset', CIKM 2023; "
           "https://kuaisar.github.io, https://zenodo.org/record/8181109)")
@@ -74,20 +75,20 @@ UNKNOWN_STRINGS = {"", "nan", "NaN", "UNKNOWN", "unknown", "empty", "None"}
 
 
 def _binary(df, col, path, line0) -> np.ndarray:
-    v = C.column_numbers(df, col, path, line0)
+    v = R.column_numbers(df, col, path, line0)
     badm = (v != 0) & (v != 1)
     if badm.any():
         i = int(np.flatnonzero(badm)[0])
-        raise C.bad(path, line0 + i, col, f"expected 0 or 1, got {df[col].iloc[i]!r}")
+        raise R.bad(path, line0 + i, col, f"expected 0 or 1, got {df[col].iloc[i]!r}")
     return v
 
 
 def read_rec(path: Path, cols: Dict[str, C.IntColumn], chunksize: int, quiet: bool) -> int:
     n = 0
-    for line0, df in C.iter_csv_chunks(path, REC_COLS, chunksize=chunksize, desc="rec_inter", quiet=quiet):
-        ts_ms = C.column_numbers(df, "timestamp", path, line0, integer=False).astype(np.int64)
-        cols["user"].extend(C.column_numbers(df, "user_id", path, line0))
-        cols["item"].extend(C.column_numbers(df, "item_id", path, line0))
+    for line0, df in R.iter_csv_chunks(path, REC_COLS, chunksize=chunksize, desc="rec_inter", quiet=quiet):
+        ts_ms = R.column_numbers(df, "timestamp", path, line0, integer=False).astype(np.int64)
+        cols["user"].extend(R.column_numbers(df, "user_id", path, line0))
+        cols["item"].extend(R.column_numbers(df, "item_id", path, line0))
         cols["ts"].extend(ts_ms // 1000)
         cols["label"].extend(_binary(df, "click", path, line0))
         cols["query"].extend(np.zeros(len(df), np.int64))
@@ -100,7 +101,7 @@ def read_src(path: Path, cols: Dict[str, C.IntColumn], queries: C.Interner, item
              chunksize: int, quiet: bool) -> Dict[str, int]:
     kw_cache: Dict[str, int] = {}
     kept = skipped = 0
-    for line0, df in C.iter_csv_chunks(path, SRC_COLS, optional=["item_type"], chunksize=chunksize,
+    for line0, df in R.iter_csv_chunks(path, SRC_COLS, optional=["item_type"], chunksize=chunksize,
                                        desc="src_inter", quiet=quiet):
         if item_types is not None and "item_type" in df.columns:
             m = df["item_type"].str.strip().isin(item_types).to_numpy()
@@ -118,12 +119,12 @@ def read_src(path: Path, cols: Dict[str, C.IntColumn], queries: C.Interner, item
         ts_ms = _numeric(sub["search_session_timestamp"], path, lines, "search_session_timestamp", integer=False)
         if (click < 0).any():
             i = int(np.flatnonzero(click < 0)[0])
-            raise C.bad(path, int(lines[i]), "click_cnt", f"negative click count {click[i]}")
+            raise R.bad(path, int(lines[i]), "click_cnt", f"negative click count {click[i]}")
         qids = np.empty(len(sub), np.int64)
         for j, (kw, ln) in enumerate(zip(sub["keyword"].tolist(), lines.tolist())):
             q = kw_cache.get(kw)
             if q is None:
-                q = kw_cache[kw] = queries(tuple(C.parse_int_list(kw, path, ln, "keyword")))
+                q = kw_cache[kw] = queries(tuple(R.parse_int_list(kw, path, ln, "keyword")))
             qids[j] = q
         cols["user"].extend(user)
         cols["item"].extend(item)
@@ -145,7 +146,7 @@ def _numeric(s, path, lines, name, integer=True) -> np.ndarray:
         badm |= np.isfinite(v) & (v != np.round(v))
     if badm.any():
         i = int(np.flatnonzero(badm)[0])
-        raise C.bad(path, int(lines[i]), name, f"not {'an integer' if integer else 'a number'}: {s.iloc[i]!r}")
+        raise R.bad(path, int(lines[i]), name, f"not {'an integer' if integer else 'a number'}: {s.iloc[i]!r}")
     return v.astype(np.int64)
 
 
@@ -161,13 +162,13 @@ def read_items(path: Path, item_codes: np.ndarray, chunksize: int, quiet: bool):
     found = np.zeros(n, bool)
     raw_attr: Dict[str, object] = {}
     captions: List[List[int]] = [[] for _ in range(n)]
-    for line0, df in C.iter_csv_chunks(path, ITEM_COLS, optional=ITEM_OPTIONAL, chunksize=chunksize,
+    for line0, df in R.iter_csv_chunks(path, ITEM_COLS, optional=ITEM_OPTIONAL, chunksize=chunksize,
                                        desc="item_features", quiet=quiet):
         if not raw_attr:
             for a, (col, is_id) in ATTRS.items():
                 if col in df.columns:
                     raw_attr[a] = np.zeros(n, np.int64) if is_id else [None] * n
-        ids = C.column_numbers(df, "item_id", path, line0)
+        ids = R.column_numbers(df, "item_id", path, line0)
         pos = np.minimum(np.searchsorted(item_codes, ids), n - 1)
         hit = np.flatnonzero(item_codes[pos] == ids)
         if not len(hit):
@@ -190,14 +191,14 @@ def read_items(path: Path, item_codes: np.ndarray, chunksize: int, quiet: bool):
                 badm = ~np.isfinite(num) | (num != np.round(num)) | (num < 0)
                 if badm.any():
                     i = int(np.flatnonzero(badm)[0])
-                    raise C.bad(path, int(lines[i]), col, f"not an integer id: {vals.iloc[i]!r}")
+                    raise R.bad(path, int(lines[i]), col, f"not an integer id: {vals.iloc[i]!r}")
                 store[k] = num.astype(np.int64)
             else:
                 for kk, v, u in zip(k.tolist(), vals.tolist(), unk.tolist()):
                     store[kk] = None if u else v
         if "caption" in sub.columns:
             for kk, cap, ln in zip(k.tolist(), sub["caption"].astype(str).tolist(), lines.tolist()):
-                captions[kk] = C.parse_int_list(cap, path, ln, "caption")
+                captions[kk] = R.parse_int_list(cap, path, ln, "caption")
     return found, raw_attr, captions
 
 
@@ -213,9 +214,9 @@ def prepare(raw, out, min_user_interactions: int = 3, token_dim: int = 64, min_a
             quiet: bool = False) -> Path:
     t0 = time.time()
     raw = Path(raw)
-    rec_p = C.find_file(raw, ["rec_inter.csv"], "recommendation log (rec_inter.csv)")
-    src_p = C.find_file(raw, ["src_inter.csv"], "search log (src_inter.csv)")
-    item_p = C.find_file(raw, ["item_features.csv"], "item features (item_features.csv)")
+    rec_p = R.find_file(raw, ["rec_inter.csv"], "recommendation log (rec_inter.csv)")
+    src_p = R.find_file(raw, ["src_inter.csv"], "search log (src_inter.csv)")
+    item_p = R.find_file(raw, ["item_features.csv"], "item features (item_features.csv)")
     cols = {k: C.IntColumn() for k in ("user", "item", "ts", "label", "query", "rkey")}
     queries = C.Interner()
     n_rec = read_rec(rec_p, cols, chunksize, quiet)
@@ -288,19 +289,14 @@ def prepare(raw, out, min_user_interactions: int = 3, token_dim: int = 64, min_a
         "query_rule": ("search rows carry the session's keyword as query_id (one query per distinct token "
                        "sequence); recommendation rows have query_id 0"),
         "search_item_types": sorted(types) if types else "all",
-        "filter_rule": (f"users with fewer than {min_user_interactions} label-1 events are dropped "
-                        f"({st['users_dropped_min_interactions']} users, {st['events_dropped_with_users']} events); "
-                        "items are those in the kept events"),
+        "filter_rule": C.filter_rule(min_user_interactions, st),
         "ts_rule": "unix seconds (raw ms // 1000); events sorted by (user, ts, request, file order)",
         "request_rule": ("recommendation: the items delivered to a user at the same millisecond timestamp; "
                          "search: one search_session_id"),
-        "split_rule": "per user by time (DataModule): ranking = last behaviour test, the one before val; "
-                      "ctr = last request test, the one before val",
+        "split_rule": C.SPLIT_RULE,
         "stats": st,
     }
-    path = write_dataset(out, items, events, meta, qtable)
-    C.summary("kuaisar", path, events, meta, time.time() - t0, quiet)
-    return path
+    return C.write("kuaisar", out, items, events, meta, qtable, t0, quiet)
 
 
 def main(argv: Optional[List[str]] = None) -> Path:

@@ -36,9 +36,10 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..schema import DatasetError, emb_array, write_dataset
+from ..schema import DatasetError, emb_array
 from ..text_cache import empty_text_mask
 from . import common as C
+from . import readers as R
 
 SOURCE = ("MovieLens (F. M. Harper and J. A. Konstan, 'The MovieLens Datasets: History and Context', "
           "ACM TiiS 2015; GroupLens Research), RecBole atomic-file layout")
@@ -49,7 +50,7 @@ MAX_GENRES = 3
 
 def _find(raw: Path, suffix: str, name: Optional[str]) -> Path:
     if name:
-        return C.require_file(raw / f"{name}{suffix}")
+        return R.require_file(raw / f"{name}{suffix}")
     if not raw.is_dir():
         raise DatasetError(f"{raw}: raw data folder does not exist")
     cands = sorted(raw.glob(f"*{suffix}"))
@@ -60,14 +61,14 @@ def _find(raw: Path, suffix: str, name: Optional[str]) -> Path:
 
 
 def read_items(path: Path, quiet: bool):
-    f = C.AtomicFile(path, ["item_id", "movie_title", "release_year", "class"], quiet)
+    f = R.AtomicFile(path, ["item_id", "movie_title", "release_year", "class"], quiet)
     raw_ids, titles, years, genres = [], [], [], []
     bad_years = 0
     seen = set()
     for n, p in f.rows("ml items"):
         iid = f.number(p, "item_id", n, integer=True)
         if iid in seen:
-            raise C.bad(path, n, "item_id", f"duplicate item id {iid}")
+            raise R.bad(path, n, "item_id", f"duplicate item id {iid}")
         seen.add(iid)
         ys = p[f.index["release_year"]].strip()
         year = int(ys) if ys.isdigit() and 1800 <= int(ys) <= 2100 else None
@@ -80,7 +81,7 @@ def read_items(path: Path, quiet: bool):
 
 
 def read_inter(path: Path, quiet: bool):
-    f = C.AtomicFile(path, ["user_id", "item_id", "rating", "timestamp"], quiet)
+    f = R.AtomicFile(path, ["user_id", "item_id", "rating", "timestamp"], quiet)
     u, i, r, t, line = (C.IntColumn() for _ in range(5))
     for n, p in f.rows("ml ratings"):
         u.append(f.number(p, "user_id", n, integer=True))
@@ -88,7 +89,7 @@ def read_inter(path: Path, quiet: bool):
         r.append(int(round(f.number(p, "rating", n) * 1000)))  # exact for x.5 steps
         ts = f.number(p, "timestamp", n)
         if ts < 0:
-            raise C.bad(path, n, "timestamp", f"negative timestamp {ts}")
+            raise R.bad(path, n, "timestamp", f"negative timestamp {ts}")
         t.append(int(ts))
         line.append(n)
     return u.numpy(), i.numpy(), r.numpy() / 1000.0, t.numpy(), line.numpy()
@@ -111,7 +112,7 @@ def prepare(raw, out, protocol: str = "ranking", positive_threshold: float = 4.0
     missing = ~np.isin(item, known)
     if missing.any():
         k = int(np.flatnonzero(missing)[0])
-        raise C.bad(inter_path, int(line[k]), "item_id", f"item {item[k]} is not in {item_path.name}")
+        raise R.bad(inter_path, int(line[k]), "item_id", f"item {item[k]} is not in {item_path.name}")
 
     events, info = C.finalize_events(user, ts, item, label, tiebreak=line, request_size=request_size,
                                      min_user_pos=min_user_interactions)
@@ -148,11 +149,6 @@ def prepare(raw, out, protocol: str = "ranking", positive_threshold: float = 4.0
     st = info["stats"]
     st["items_without_text"] = int(empty_text_mask(texts).sum())  # zero text rows, never encoded
     attr_cols = [f"attr_genre{s + 1}" for s in range(MAX_GENRES)] + ["attr_year"]
-    if protocol == "ranking":
-        label_rule = "every rating is a positive interaction (label 1); negatives are sampled by the DataModule"
-    else:
-        label_rule = (f"every rating is a labelled impression: label 1 if rating >= {positive_threshold:g}, "
-                      "else 0; histories use label-1 events only")
     meta = {
         "name": "ml100k" if inter_path.stem == "ml-100k" else inter_path.stem,
         "source": SOURCE,
@@ -175,25 +171,18 @@ def prepare(raw, out, protocol: str = "ranking", positive_threshold: float = 4.0
         "text": {"content": "'<title>. <genre>, <genre>, ...'", "encoder": encoder.describe()},
         "protocol": protocol,
         "protocols": [protocol],
-        "label_rule": label_rule,
+        "label_rule": C.rating_label_rule(protocol, positive_threshold, "rating"),
         "positive_threshold": positive_threshold if protocol == "ctr" else None,
-        "filter_rule": f"users with fewer than {min_user_interactions} label-1 events are dropped "
-                       f"({st['users_dropped_min_interactions']} users, {st['events_dropped_with_users']} events); "
-                       "items are those rated by the kept users",
+        "filter_rule": C.filter_rule(min_user_interactions, st, "items are those rated by the kept users"),
         "ts_rule": ("unix seconds as in the raw file; events sorted by (user, ts, raw line); "
                     f"{st['ts_ties_within_user']} events share their ts with the previous event of the same user, "
                     "and histories hold only strictly earlier behaviours"),
-        "request_rule": (f"pseudo-requests: blocks of about {request_size} consecutive ratings of a user, closed at a "
-                         "timestamp change, the remainder folded into the user's last block (MovieLens has no "
-                         "impression logs)"),
-        "split_rule": "per user by time (DataModule): ranking = last behaviour test, the one before val; "
-                      "ctr = last request test, the one before val",
+        "request_rule": C.pseudo_request_rule(request_size, "ratings") + " (MovieLens has no impression logs)",
+        "split_rule": C.SPLIT_RULE,
         "recommended": {"max_len": 200, "train_window": None},
         "stats": st,
     }
-    path = write_dataset(out, items, events, meta)
-    C.summary("movielens", path, events, meta, time.time() - t0, quiet)
-    return path
+    return C.write("movielens", out, items, events, meta, None, t0, quiet)
 
 
 def main(argv: Optional[List[str]] = None) -> Path:

@@ -52,7 +52,7 @@ MODELS = [
     ("HSTU", "baselines/hstu.yaml", []),
     ("DIN", "baselines/din.yaml", SHARE),
     ("SEMINAR", "experiments/seminar.yaml", ["--model.init_args.retrieval", "exact", *TOPK, *SHARE]),
-    ("SEMINAR-pq", "experiments/seminar_pq.yaml", [*TOPK, *SHARE]),
+    ("SEMINAR-pq", "experiments/seminar.yaml", ["--config", "experiments/seminar_pq.yaml", *TOPK, *SHARE]),
     ("SIM", "baselines/sim_hard.yaml", ["--model.init_args.category_attr", "attr_genre1", *TOPK, *SHARE]),
     ("ETA", "baselines/eta.yaml", [*TOPK, *SHARE]),
     ("TWIN", "baselines/twin.yaml", [*TOPK, *SHARE]),

@@ -2,10 +2,17 @@
 
 Sequences are never materialised per sample. The module keeps, for all users, the
 positive behaviours (label 1) as flat arrays sorted by (user, ts) plus per-user
-offsets; a sample stores only where its history ends (the first behaviour with
-``ts >= sample ts``: history is strictly earlier, no leakage) and
-``__getitems__`` gathers the ``max_len`` most recent behaviours for a whole batch
-with one vectorised numpy gather.
+offsets; a sample (:class:`~seminar_zoo.data.samples.SampleSet`) stores only where its
+history ends (the first behaviour with ``ts >= sample ts``: history is strictly earlier,
+no leakage), and a batch's ``max_len`` most recent behaviours are gathered with one
+vectorised numpy gather.
+
+Code outside ``data/`` (models, serving, experiments) uses the public API, not the splits:
+:meth:`~LifelongSequenceDataModule.batch` / :meth:`~LifelongSequenceDataModule.eval_lists`
+(rows as a batch), :meth:`~LifelongSequenceDataModule.sample_batches` (a seeded sample of rows),
+:meth:`~LifelongSequenceDataModule.train_target_items`, ``split_sizes``, ``rows_per_sample``,
+``eval_candidates`` / ``eval_users`` / ``eval_histories``, ``positive_log``, ``train_item_counts``,
+``interacted_items``, ``feature_tables``, ``protocol``.
 
 Protocols (DESIGN.md, "Evaluation protocol"):
 

@@ -214,8 +214,12 @@ def test_public_api_matches_the_splits(tiny_dm):
     assert np.array_equal(tiny_dm.eval_users("test"), te.user)
     h, q, m = tiny_dm.eval_histories("test")
     L = b["hist_item_id"].shape[1]  # a batch is cut to its longest history; eval_histories keeps max_len
-    assert np.array_equal(h[[0, 5, 7], -L:], b["hist_item_id"].numpy()) and not h[[0, 5, 7], :-L].any()
-    assert np.array_equal(m[[0, 5, 7], -L:], b["hist_mask"].numpy())
+    rows = [0, 0, 0]  # rows 0, 5, 7 are candidates of sample 0
+    assert np.array_equal(h[rows, -L:], b["hist_item_id"].numpy()) and not h[rows, :-L].any()
+    assert np.array_equal(m[rows, -L:], b["hist_mask"].numpy())
+    s3 = tiny_dm.batch("test", [0, per, 2 * per])  # candidate 0 of samples 0, 1, 2
+    L3 = s3["hist_item_id"].shape[1]
+    assert np.array_equal(h[:3, -L3:], s3["hist_item_id"].numpy()) and not h[:3, :-L3].any()
     assert np.array_equal(tiny_dm.train_target_items(), tr.item[tr.label > 0.5])
     a = [x["item_id"] for _, x in zip(range(2), tiny_dm.sample_batches("train", seed=3, batch_size=16))]
     c = [x["item_id"] for _, x in zip(range(2), tiny_dm.sample_batches("train", seed=3, batch_size=16))]

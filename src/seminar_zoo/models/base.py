@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from ..metrics import RecMetrics
 from ..modules.attention import TargetAttention
-from ..modules.ops import StepRNG, encode_unique
 from ..modules.encoders import ItemEncoder, QueryEncoder, UsesFeatureTables
+from ..modules.ops import StepRNG, encode_unique
 from ..modules.pair import PairEncoder, data_has_queries
 from ..modules.tower import Tower
 

@@ -12,8 +12,8 @@ from seminar_zoo.models.qin import QIN
 from seminar_zoo.models.sdim import SDIM
 from seminar_zoo.models.sim import SIM
 from seminar_zoo.models.twin import TWIN, CPTargetAttention
-from seminar_zoo.modules.attention import (BiasedTargetAttention, TargetAttention, encode_unique,
-                                           gather_positions, masked_topk)
+from seminar_zoo.modules.attention import TargetAttention
+from seminar_zoo.modules.ops import encode_unique, gather_rows, masked_topk
 
 CONFIGS = [("SIM", {"gsu": "hard", "topk": 8}), ("SIM", {"gsu": "soft", "topk": 8}), ("ETA", {"topk": 8}),
            ("SDIM", {"n_hashes": 8}), ("QIN", {"topk_stage1": 16, "topk": 8}), ("TWIN", {"topk": 8})]
@@ -54,12 +54,17 @@ def test_masked_topk_never_selects_padding():
     assert idx.shape == (2, 5) and sel.sum().item() == 4
     with pytest.raises(ValueError, match="k >= 1"):
         masked_topk(scores, mask, 0)
+    # time order: the same positions, ascending (SEMINAR's GSU hands them to the ESU chronologically)
+    t_idx, t_sel = masked_topk(scores, mask, 3, order="time")
+    assert t_idx[0].tolist() == [2, 3, 4] and t_sel[0].all()
+    assert sorted(t_idx[1].tolist()) == sorted(masked_topk(scores, mask, 3)[0][1].tolist())
+    assert torch.equal(mask.gather(1, t_idx), t_sel)
 
 
-def test_gather_positions_and_encode_unique_keep_gradients():
+def test_gather_rows_and_encode_unique_keep_gradients():
     x = torch.randn(2, 5, 3, requires_grad=True)
     idx = torch.tensor([[4, 0], [1, 1]])
-    out = gather_positions(x, idx)
+    out = gather_rows(x, idx)
     assert torch.equal(out[0, 0], x[0, 4]) and torch.equal(out[1, 1], x[1, 1])
     out.sum().backward()
     assert x.grad[1, 1].eq(2).all() and x.grad[0, 2].eq(0).all()
@@ -71,14 +76,13 @@ def test_gather_positions_and_encode_unique_keep_gradients():
     assert emb.weight.grad[1].eq(3).all() and emb.weight.grad[5].eq(0).all()
 
 
-def test_biased_target_attention_equals_target_attention_without_bias():
+def test_target_attention_bias_zero_and_values_default_to_plain_attention():
     torch.manual_seed(0)
-    a = BiasedTargetAttention(8, 2)
-    b = TargetAttention(8, 2)
-    b.load_state_dict(a.state_dict())
+    a = TargetAttention(8, 2)
     t, k = torch.randn(3, 8), torch.randn(3, 5, 8)
     m = torch.rand(3, 5) > 0.3
-    assert torch.allclose(a(t, k, m), b(t, k, m), atol=1e-6)
+    assert torch.equal(a(t, k, m), a(t, k, m, bias=torch.zeros(3, 5), values=k))
+    assert torch.equal(a(t, k, m), a(t, k, m, bias=torch.zeros(3, 2, 5)))
     # a large bias on one slot concentrates every head on it
     bias = torch.zeros(3, 5)
     bias[:, 2] = 50.0

@@ -196,3 +196,33 @@ def test_summary_counts_users_dropped_for_too_few_behaviours(tmp_path):
     dm.setup()
     assert dm.summary["val"]["dropped_users"] == 4 and dm.summary["test"]["dropped_users"] == 0
     assert dm.split_sizes()["val"] == 26 and dm.split_sizes()["test"] == 30
+
+
+def test_public_api_matches_the_splits(tiny_dm):
+    """The API models, serving and benches use instead of reaching into splits / store (issue 14)."""
+    import torch
+
+    te, tr = tiny_dm.splits["test"], tiny_dm.splits["train"]
+    b = tiny_dm.batch("test", [0, 5, 7])
+    ref = te.__getitems__([0, 5, 7])
+    assert all(torch.equal(b[k], ref[k]) for k in ref)
+    per = tiny_dm.rows_per_sample("test")
+    assert per == te.per_sample == 1 + tiny_dm.hparams.n_eval_negatives
+    lists = tiny_dm.eval_lists("test", 3)
+    assert len(lists["label"]) == 3 * per and int(lists["label"].sum()) == 3
+    assert np.array_equal(tiny_dm.eval_candidates("test"), te.candidates)
+    assert np.array_equal(tiny_dm.eval_users("test"), te.user)
+    h, q, m = tiny_dm.eval_histories("test")
+    L = b["hist_item_id"].shape[1]  # a batch is cut to its longest history; eval_histories keeps max_len
+    rows = [0, 0, 0]  # rows 0, 5, 7 are candidates of sample 0
+    assert np.array_equal(h[rows, -L:], b["hist_item_id"].numpy()) and not h[rows, :-L].any()
+    assert np.array_equal(m[rows, -L:], b["hist_mask"].numpy())
+    s3 = tiny_dm.batch("test", [0, per, 2 * per])  # candidate 0 of samples 0, 1, 2
+    L3 = s3["hist_item_id"].shape[1]
+    assert np.array_equal(h[:3, -L3:], s3["hist_item_id"].numpy()) and not h[:3, :-L3].any()
+    assert np.array_equal(tiny_dm.train_target_items(), tr.item[tr.label > 0.5])
+    a = [x["item_id"] for _, x in zip(range(2), tiny_dm.sample_batches("train", seed=3, batch_size=16))]
+    c = [x["item_id"] for _, x in zip(range(2), tiny_dm.sample_batches("train", seed=3, batch_size=16))]
+    assert all(torch.equal(x, y) for x, y in zip(a, c)) and len(a[0]) == 16
+    user, item, offsets = tiny_dm.positive_log()
+    assert len(user) == len(item) == offsets[-1]

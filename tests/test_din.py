@@ -66,7 +66,7 @@ def test_din_max_len_cuts_history(tiny_dm):
     model = DIN(data_meta=tiny_dm.data_meta, embed_dim=16, max_len=5)
     model.load_tables(tiny_dm.feature_tables())
     model.eval()
-    b = tiny_dm.splits["test"].__getitems__(list(range(8)))
+    b = tiny_dm.batch("test", list(range(8)))
     b2 = {k: v.clone() for k, v in b.items()}
     b2["hist_item_id"][:, :-5] = 1  # older behaviours are invisible to a max_len=5 model
     assert torch.allclose(model(b), model(b2))

@@ -128,7 +128,7 @@ def test_use_queries_default_and_errors(tiny_dm):
 
 
 def test_target_and_history_vectors(tiny_dm):
-    b = tiny_dm.splits["train"].__getitems__(list(range(16)))
+    b = tiny_dm.batch("train", list(range(16)))
     h, q = b["hist_item_id"], b["hist_query_id"]
     off = _din(tiny_dm, use_queries=False)
     assert torch.equal(off.target_vector(b), off.item_encoder.fused(b["item_id"]))
@@ -150,7 +150,7 @@ def test_target_and_history_vectors(tiny_dm):
     ("SDIM", {"n_hashes": 8}), ("TWIN", {"topk": 8, "cross_features": ["recency"]}),
     ("QIN", {"topk_stage1": 16, "topk": 8})])
 def test_every_baseline_reads_queries_only_when_on(tiny_dm, name, kw):
-    b = tiny_dm.splits["train"].__getitems__(list(range(32)))
+    b = tiny_dm.batch("train", list(range(32)))
     g = torch.Generator().manual_seed(1)
     nq = tiny_dm.data_meta["n_queries"]
     b2 = {**b, "query_id": torch.randint(1, nq + 1, b["query_id"].shape, generator=g),

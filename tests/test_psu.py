@@ -6,8 +6,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from seminar_zoo.models.psu import PSU
-from seminar_zoo.modules.seminar_parts import gather_with_grad, info_nce
+from seminar_zoo.models.seminar import PSU
+from seminar_zoo.models.seminar.losses import gather_with_grad, info_nce
 
 LOSS_KEYS = ("align_text_image", "align_image_attr", "align_text_attr", "next_pair", "relevance")
 
@@ -27,9 +27,8 @@ def _trainer(tmp_path, **kw):
 
 def _positive_batch(dm, n):
     """n rows of label-1 training samples (a fixed, deterministic batch)."""
-    ds = dm.splits["train"]
-    rows = [i * ds.per_sample for i in range(n)]  # candidate 0 of sample i = the positive
-    b = ds.__getitems__(rows)
+    rows = [i * dm.rows_per_sample("train") for i in range(n)]  # candidate 0 of sample i = the positive
+    b = dm.batch("train", rows)
     assert bool((b["label"] == 1).all())
     return b
 
@@ -147,7 +146,7 @@ def test_epoch_log_one_line_per_epoch_without_progress_bar(tiny_dm, tmp_path, ca
     import logging
     import re
 
-    from seminar_zoo.models.psu import EpochLog
+    from seminar_zoo.pipeline import EpochLog
 
     class Steps(pl.Callback):
         def __init__(self):
@@ -176,6 +175,7 @@ def test_seminar_says_which_settings_each_stage_uses(tiny_dm, tmp_path, caplog):
     import logging
 
     from seminar_zoo.models.seminar import SEMINAR
+    from seminar_zoo.pipeline import pretrain_psu
 
     class Ctx:
         run_dir, datamodule = tmp_path, tiny_dm
@@ -188,7 +188,7 @@ def test_seminar_says_which_settings_each_stage_uses(tiny_dm, tmp_path, caplog):
     m = SEMINAR(data_meta=tiny_dm.data_meta, embed_dim=16, num_heads=2, topk=8,
                 pretrain={"epochs": 1, "limit_train_batches": 2, "w_next": 0.5})
     with caplog.at_level(logging.INFO):
-        m.before_fit(Ctx())
+        pretrain_psu(m, Ctx())
     msgs = [r.getMessage() for r in caplog.records]
     start = [x for x in msgs if x.startswith("[seminar] stage 1")]
     assert len(start) == 1
@@ -199,5 +199,5 @@ def test_seminar_says_which_settings_each_stage_uses(tiny_dm, tmp_path, caplog):
     assert (tmp_path / "psu" / "psu.ckpt").is_file()
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        SEMINAR(data_meta=tiny_dm.data_meta, embed_dim=16, num_heads=2, pretrain={"epochs": 0}).before_fit(Ctx())
+        pretrain_psu(SEMINAR(data_meta=tiny_dm.data_meta, embed_dim=16, num_heads=2, pretrain={"epochs": 0}), Ctx())
     assert any("stage 1 (psu pretraining): skipped (pretrain.epochs 0)" in r.getMessage() for r in caplog.records)

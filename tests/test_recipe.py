@@ -35,20 +35,19 @@ def test_tower_input_product_needs_equal_widths_and_rejects_unknown():
 
 
 def test_training_step_leaves_the_callers_rng_alone():
-    """The per-step seed makes dropout reproducible, but the caller's global RNG continues as if
-    no step had run in between."""
-    m = DIN(data_meta=META, embed_dim=8, tower_dims=[4], dropout=0.5)
+    """Dropout draws from the model's own per-step stream (StepRNG, seeded from (seed, global step)): the
+    caller's global RNG is neither reseeded nor advanced, and a step's draws depend only on (seed, step)."""
+    m = DIN(data_meta=META, embed_dim=8, tower_dims=[4], dropout=0.5).train()
+    b = _batch()
     torch.manual_seed(123)
     want = torch.rand(3)
     torch.manual_seed(123)
-    m.on_train_batch_start(_batch(), 0)
-    m(_batch())  # dropout draws from the step-seeded stream
-    m.on_train_batch_end(None, _batch(), 0)
+    m.on_train_batch_start(b, 0)
+    with m.step_rng.active():
+        a = m(b)  # dropout draws from the step's stream
     assert torch.equal(torch.rand(3), want)
-    # and the step's own draws depend only on (seed, step)
-    m.on_train_batch_start(_batch(), 0)
-    a = torch.rand(2)
-    m.on_train_batch_end(None, _batch(), 0)
-    m.on_train_batch_start(_batch(), 0)
-    assert torch.equal(torch.rand(2), a)
-    m.on_train_batch_end(None, _batch(), 0)
+    m.on_train_batch_start(b, 0)
+    with m.step_rng.active():
+        assert torch.equal(m(b), a)
+    with m.step_rng.active():  # the stream moves on within a step
+        assert not torch.equal(m(b), a)

@@ -5,9 +5,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from seminar_zoo.models.psu import PSU
-from seminar_zoo.models.seminar import SEMINAR
-from seminar_zoo.modules.seminar_parts import GSU, MultiHeadTargetAttention, masked_topk
+from seminar_zoo.models.seminar import PSU, SEMINAR
+from seminar_zoo.models.seminar.extras import cold_items
+from seminar_zoo.modules.attention import TargetAttention
+from seminar_zoo.modules.ops import masked_topk
 
 
 def _model(dm, seed=0, **kw):
@@ -19,8 +20,13 @@ def _model(dm, seed=0, **kw):
 
 
 def _batch(dm, n=32):
-    ds = dm.splits["train"]
-    return ds.__getitems__(list(range(n)))
+    return dm.batch("train", list(range(n)))
+
+
+def _exact_scores(m, b):
+    """[B, L] exact GSU scores from the fused pair vectors (padding -inf)."""
+    h, q, mask = m.history(b)
+    return m.gsu.scores(m.target_vector(b), m.gsu.keys(m.pair_vector(h, q)), mask)
 
 
 def _trainer(tmp_path, **kw):
@@ -48,35 +54,37 @@ def test_gsu_shapes_scores_and_vectors_agree(tiny_dm):
     B, L = b["hist_item_id"].shape
     M = len(m.pair.active)
     assert tm.shape == (B, M, 16) and hm.shape == (B, L, M, 16)
-    s = m.gsu_scores(tm, hm, b["hist_mask"])
+    s = m.gsu.scores(m.gsu.pair(tm), m.gsu.keys(m.gsu.pair(hm)), b["hist_mask"])
     assert s.shape == (B, L)
     assert bool(torch.isinf(s[~b["hist_mask"]]).all()) and bool(torch.isfinite(s[b["hist_mask"]]).all())
-    t, k = m.gsu_vectors(tm, hm)
+    t, k = m.gsu.vectors(tm, hm)
     assert t.shape == (B, M, 16) and k.shape == (B, L, M, 16)
     via = torch.einsum("bid,bljd->bl", t, k)
     torch.testing.assert_close(via[b["hist_mask"]], s[b["hist_mask"]], rtol=1e-4, atol=1e-5)
     # the fused per-id path equals the per-modality path
     torch.testing.assert_close(m.pair_vector(b["hist_item_id"], b["hist_query_id"]), m.gsu.pair(hm), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(_exact_scores(m, b)[b["hist_mask"]], s[b["hist_mask"]], rtol=1e-5, atol=1e-6)
 
 
-def test_gsu_topk_never_selects_padding(tiny_dm):
+def test_gsu_select_never_selects_padding(tiny_dm):
     m = _model(tiny_dm)
     b = _short_history(_batch(tiny_dm), keep=5)  # 5 valid behaviours, K = 8
-    tm = m.modal(b["item_id"], b["query_id"])
-    hm = m.modal(b["hist_item_id"], b["hist_query_id"])
-    idx, sel, s = m.gsu_topk(tm, hm, b["hist_mask"])
-    assert idx.shape == sel.shape == (32, 8)
-    assert bool((sel.sum(1) == 5).all())  # all 5 valid kept, the 3 extra slots masked
-    assert bool(b["hist_mask"].gather(1, idx)[sel].all())
-    assert torch.equal(b["hist_mask"].gather(1, idx), sel)
-    # with enough valid behaviours every selected slot is valid and they are the K best
+    sel = m.select(b, m.target_vector(b))  # what interest() attends to
+    idx, ok = sel.idx, sel.sel
+    assert idx.shape == ok.shape == sel.bias.shape == (32, 8)
+    assert bool((ok.sum(1) == 5).all())  # all 5 valid kept, the 3 extra slots masked
+    assert bool(b["hist_mask"].gather(1, idx)[ok].all())
+    assert torch.equal(b["hist_mask"].gather(1, idx), ok)
+    assert bool((idx.diff(dim=1) > 0).all())  # chronological
+    # with enough valid behaviours every selected slot is valid and they are the K best; the bias is their score
     b2 = _short_history(_batch(tiny_dm), keep=30)
-    hm2 = m.modal(b2["hist_item_id"], b2["hist_query_id"])
-    idx2, sel2, s2 = m.gsu_topk(tm, hm2, b2["hist_mask"])
-    assert bool(sel2.all())
-    kth = s2.gather(1, idx2).min(1).values
-    others = s2.scatter(1, idx2, float("-inf")).max(1).values
+    sel2 = m.select(b2, m.target_vector(b2))
+    s2 = _exact_scores(m, b2)
+    assert bool(sel2.sel.all())
+    kth = s2.gather(1, sel2.idx).min(1).values
+    others = s2.scatter(1, sel2.idx, float("-inf")).max(1).values
     assert bool((kth >= others).all())
+    torch.testing.assert_close(sel2.bias, s2.gather(1, sel2.idx), rtol=1e-5, atol=1e-6)
 
 
 def test_masked_topk_k_larger_than_length():
@@ -89,7 +97,7 @@ def test_masked_topk_k_larger_than_length():
 
 def test_esu_masks_padding_and_empty_rows():
     torch.manual_seed(0)
-    att = MultiHeadTargetAttention(8, 2)
+    att = TargetAttention(8, 2)
     t, keys = torch.randn(3, 8), torch.randn(3, 5, 8)
     mask = torch.tensor([[1, 1, 0, 0, 1], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
     bias = torch.randn(3, 5)
@@ -210,41 +218,42 @@ def test_lambda_has_no_effect_without_queries(tiny_dm):
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
 
 
-def test_retrieval_pq_is_wired_or_clearly_missing(tiny_dm):
-    try:
-        import seminar_zoo.modules.quantization  # noqa: F401
-    except ImportError:
-        with pytest.raises(NotImplementedError, match="quantization"):
-            _model(tiny_dm, retrieval="pq")
-        return
+def test_pq_retrieval_finds_the_exact_top_k(tiny_dm):
+    """PQ against exact, for real: fitted codebooks, the selection interest() runs with PQ switched on, and
+    the recall of the exact top-K within the PQ top-K well above chance."""
     m = _model(tiny_dm, retrieval="pq", pq={"n_sub": 2, "n_centroids": 16, "fit_rows": 2000}).eval()
+    with pytest.raises(RuntimeError, match="no codebooks"):
+        m.use_pq(True)
     m.fit_pq(tiny_dm)
-    b = _short_history(_batch(tiny_dm), keep=30)
-    tm = m.modal(b["item_id"], b["query_id"])
-    hm = m.modal(b["hist_item_id"], b["hist_query_id"])
+    b = _short_history(_batch(tiny_dm), keep=30)  # 30 valid behaviours, K = 8
     mask = b["hist_mask"]
     with torch.no_grad():
-        exact_idx, _, exact_s = m.gsu_topk(tm, hm, mask)
-        m.pq_retrieval(True)
-        idx, sel, s = m.gsu_topk(tm, hm, mask)
-        m.pq_retrieval(False)
-        # the PQ path really ran: its scores are the quantizer's sums of table entries, not the exact ones
-        t, kv = m.gsu_vectors(tm, hm)
-        pq = m.pq_index.score(m.pq_index.lut(t.float()), m.pq_index.encode(kv.float()), mask)
-    torch.testing.assert_close(s, pq)
-    torch.testing.assert_close(exact_s, m.gsu_scores(tm, hm, mask))
-    assert not torch.allclose(s[mask], exact_s[mask])
-    assert bool(mask.gather(1, idx)[sel].all())
-    # ... and approximates them: scores correlate, the PQ top-K finds most of the exact top-K
-    corr = torch.corrcoef(torch.stack([s[mask], exact_s[mask]]))[0, 1]
-    assert corr > 0.8, corr
-    overlap = torch.tensor([len(set(a.tolist()) & set(e.tolist())) for a, e in zip(idx, exact_idx)]).float().mean() / 8
-    assert overlap > 0.5  # measured 0.75 (corr 0.85) with 2 x 16 centroids per modality
+        t = m.target_vector(b)
+        exact = m.select(b, t)
+        m.use_pq(True)
+        assert m.pq_active
+        approx = m.select(b, t)
+        probed = m.gsu.select(t, m.gsu.keys(m.pair_vector(*m.history(b)[:2])), mask, 8, pq=m.pq_index,
+                              pq_vectors=lambda: m.gsu.vectors(m.modal(b["item_id"], b["query_id"]),
+                                                               m.modal(b["hist_item_id"], b["hist_query_id"])),
+                              probe=True)
+        m.use_pq(False)
+        assert torch.equal(m.select(b, t).idx, exact.idx)
+    # the PQ path really ran (another selection than exact), on valid behaviours only
+    assert not torch.equal(approx.idx, exact.idx)
+    assert bool(approx.sel.all()) and bool(mask.gather(1, approx.idx).all())
+    assert torch.equal(probed.idx, approx.idx) and torch.equal(probed.exact[0], exact.idx)
+    # ... and approximates it: most of the exact top-K is found (chance: 8 / 30 = 0.27)
+    hit = torch.zeros_like(mask).scatter(1, approx.idx, approx.sel)
+    recall = float((hit.gather(1, exact.idx) & exact.sel).sum()) / float(exact.sel.sum())
+    assert 0.6 < recall < 1.0, recall
+    # the ESU bias is the exact score of the PQ-selected behaviours
+    torch.testing.assert_close(approx.bias, _exact_scores(m, b).gather(1, approx.idx), rtol=1e-5, atol=1e-6)
     tr = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                     limit_test_batches=2)
     tr.test(m, tiny_dm, verbose=False)
     r = m.extra_test_metrics["test/gsu/recall@8"]
-    assert 0.5 < r <= 1.0
+    assert 0.5 < r < 1.0 and m.extra_test_metrics["gsu_retrieval"] == "pq" and not m.pq_active
 
 
 # --------------------------------------------------------------------------- fitting
@@ -265,9 +274,8 @@ def test_tiny_seminar_fits_and_tests(tiny_dm, tmp_path):
 
 
 def test_cold_items_are_never_training_targets(tiny_dm):
-    cold = SEMINAR.cold_items_from(tiny_dm)
-    tr = tiny_dm.splits["train"]
-    assert not bool(cold[torch.as_tensor(tr.item)].any())
+    cold = cold_items(tiny_dm)
+    assert not bool(cold[torch.as_tensor(tiny_dm.train_target_items())].any())
     meta_cold = torch.tensor(__import__("json").loads((tiny_dm.path / "meta.json").read_text())["cold_items"])
     assert bool(cold[meta_cold].all())  # the generator's cold items are among them
 

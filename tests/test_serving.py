@@ -24,7 +24,7 @@ def _model(dm):
 def test_export_reproduces_in_process_logits(tiny_dm, tmp_path):
     pytest.importorskip("faiss")
     m = _model(tiny_dm)
-    b = tiny_dm.splits["test"].__getitems__(list(range(12)))
+    b = tiny_dm.batch("test", list(range(12)))
     with torch.no_grad():
         ref = m(b)
     export_model(m, tmp_path / "exp", n_sub=2, n_centroids=16, fit_rows=500, rerank_factor=10)
@@ -78,7 +78,7 @@ def test_server_caches_the_user_index_and_replay_matches_the_model(tiny_data, ti
 
     m = _model(tiny_dm)
     export_model(m, tmp_path / "exp", n_sub=2, n_centroids=16, fit_rows=500, rerank_factor=10)
-    b = tiny_dm.splits["test"].__getitems__(list(range(6)))
+    b = tiny_dm.batch("test", list(range(6)))
     server = Server(tmp_path / "exp", backend="faiss4", cache_users=2)
     args = lambda i: (b["hist_item_id"][i][b["hist_mask"][i]], b["hist_query_id"][i][b["hist_mask"][i]],
                       int(b["item_id"][i]), int(b["query_id"][i]))

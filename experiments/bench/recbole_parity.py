@@ -59,32 +59,29 @@ def single_positive_metrics(n_greater: np.ndarray, n_equal: np.ndarray, n_neg: n
 
 def prepare_job(args, dm, work: Path):
     """Atomic files with per-user rank timestamps; our test histories and candidates."""
-    st = dm.store
-    users = st.user
-    rank = np.arange(len(users)) - st.offsets[users]
+    users, items, offsets = dm.positive_log()
+    rank = np.arange(len(users)) - offsets[users]
     d = work / "atomic" / "ours"
     d.mkdir(parents=True, exist_ok=True)
     with open(d / "ours.inter", "w") as fh:
         fh.write("user_id:token\titem_id:token\ttimestamp:float\n")
-        np.savetxt(fh, np.stack([users, st.item, rank], 1), fmt="%d", delimiter="\t")
-    test = dm.splits["test"]
-    rows = np.arange(test.n_samples)
-    hist, _, _ = st.gather(test.user[rows], test.end[rows], args.max_len)
-    return test, hist
+        np.savetxt(fh, np.stack([users, items, rank], 1), fmt="%d", delimiter="\t")
+    hist, _, _ = dm.eval_histories("test", args.max_len)
+    return {"user": dm.eval_users("test"), "candidates": dm.eval_candidates("test")}, hist
 
 
 def evaluate(scores: np.ndarray, test, dm) -> dict:
     """Sampled (our 99 negatives) and full (every unseen item) metrics from one score matrix."""
-    u = test.user
-    cand = test.candidates
+    u = test["user"]
+    cand = test["candidates"]
     s_c = scores[np.arange(len(u))[:, None], cand]
     pos = s_c[:, :1]
     sampled = single_positive_metrics((s_c[:, 1:] > pos).sum(1), (s_c[:, 1:] == pos).sum(1),
                                       np.full(len(u), cand.shape[1] - 1))
-    st = dm.store
+    _, log_item, offsets = dm.positive_log()
     n_gt, n_eq, n_neg = np.zeros(len(u), np.int64), np.zeros(len(u), np.int64), np.zeros(len(u), np.int64)
     for i, user in enumerate(u):
-        items = np.unique(st.item[st.offsets[user]:st.offsets[user + 1]])
+        items = np.unique(log_item[offsets[user]:offsets[user + 1]])
         mask = np.ones(scores.shape[1], bool)
         mask[0] = False
         mask[items] = False  # every interacted item (the target included) is not a negative
@@ -176,7 +173,7 @@ def write(args, runs, dm) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"data": args.data, "n_eval_negatives": args.n_eval_negatives, "max_len": args.max_len,
             "epochs": args.epochs, "stopping_step": args.stopping_step, "lr": args.lr, "seeds": args.seeds,
-            "n_test_lists": int(dm.splits["test"].n_samples), "load_avg": os.getloadavg()}
+            "n_test_lists": int(dm.split_sizes()["test"]), "load_avg": os.getloadavg()}
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
     lines = ["# RecBole 1.2.1 on our split and our candidates", "",
              f"Data `{args.data}`, leave-one-out (our split; RecBole fed per-user ranks as timestamps), "

@@ -17,10 +17,8 @@ import argparse
 import importlib
 import json
 import os
-import resource
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -44,39 +42,6 @@ def lightning_main(args: Optional[List[str]] = None):
 
 
 # --------------------------------------------------------------------------- experiment
-class ExperimentContext:
-    """What a multi-stage model's ``before_fit`` / ``before_test`` hooks may use."""
-
-    def __init__(self, run_dir: Path, cli, name: str, resume: bool = False):
-        self.run_dir, self.cli, self.name, self.resume = run_dir, cli, name, resume
-        self.datamodule = cli.datamodule
-        self.trainer = cli.trainer
-        self.config = cli.config
-
-    def make_trainer(self, subdir: str, **overrides):
-        """A Trainer with the experiment's trainer settings, logging under ``run_dir/subdir``, writing
-        ``run_dir/subdir/checkpoints/last.ckpt`` each epoch and on SIGTERM/SIGINT; when the experiment
-        is resumed, its ``fit`` continues from that checkpoint."""
-        from .callbacks import LastCheckpoint, StageTrainer
-        from .tracking import ZooWandbLogger
-
-        t = self.config.trainer
-        kw = dict(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
-                  max_epochs=t.max_epochs, num_nodes=t.num_nodes, enable_model_summary=False,
-                  default_root_dir=str(self.run_dir / subdir), num_sanity_val_steps=0,
-                  limit_train_batches=t.limit_train_batches, enable_progress_bar=t.enable_progress_bar,
-                  deterministic=t.deterministic)
-        kw["logger"] = ZooWandbLogger(save_dir=str(self.run_dir / subdir), name=f"{self.name}-{subdir}")
-        kw.update(overrides)
-        ckpt_dir = self.run_dir / subdir / "checkpoints"
-        kw["enable_checkpointing"] = True  # the stage's own last.ckpt is what makes it resumable
-        kw["callbacks"] = [*(kw.get("callbacks") or []), LastCheckpoint(str(ckpt_dir))]
-        trainer = StageTrainer(**kw)
-        if self.resume:
-            trainer.resume_from = str(ckpt_dir / "last.ckpt")
-        return trainer
-
-
 EXPERIMENT_USAGE = """usage: seminar-zoo experiment --config CFG [--data.path DIR] --run_dir RUN [--name LABEL]
                                [--resume | --overwrite] [LightningCLI fit overrides]
 
@@ -127,45 +92,10 @@ def experiment_main(argv: List[str]) -> dict:
 
 
 def _run_experiment(run_dir: Path, rest: List[str], label: Optional[str], resume: bool) -> dict:
-    import torch
+    from .pipeline import run
 
-    cls = _make_cli_class()
-    cli = cls(args=["--trainer.default_root_dir", str(run_dir), *rest], run=False)
-    model, dm, trainer = cli.model, cli.datamodule, cli.trainer
-    name = label or type(model).__name__
-    ctx = ExperimentContext(run_dir, cli, name, resume=resume)
-    t0 = time.time()
-    model.before_fit(ctx)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(model, dm, ckpt_path=str(last) if resume and last.exists() else None)
-    fit_seconds = time.time() - t0
-    ckpts = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
-    best = ckpts[0].best_model_path if ckpts else ""
-    best = best or next((c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path), "")
-    if best:
-        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-        model.load_state_dict(state)
-    model.before_test(ctx)
-    t1 = time.time()
-    res = trainer.test(model, dm, verbose=False)[0]
-    test_seconds = time.time() - t1
-    from .run_metrics import run_record, write_metrics
-
-    tp = cli.throughput
-    seed = int(cli.config.seed_everything) if cli.config.seed_everything is not None else None
-    out = run_record(model, dm, trainer, res, seed=seed, fit_seconds=fit_seconds, name=name,
-                     samples_per_second=tp.rows / tp.seconds if tp.seconds else None,
-                     peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                     best_checkpoint=best, epochs=trainer.current_epoch, test_seconds=test_seconds)
-    if trainer.is_global_zero:
-        write_metrics(run_dir / "metrics.json", out)
-        if hasattr(trainer.logger, "experiment") and hasattr(trainer.logger.experiment, "summary"):
-            try:
-                trainer.logger.experiment.summary.update({k: v for k, v in out.items() if v is not None})
-            except Exception:  # a disabled run has no summary to update
-                pass
-        print(json.dumps({k: out[k] for k in out if k.startswith("test/") or k in ("name", "fit_seconds")}, indent=1))
-    return out
+    cli = _make_cli_class()(args=["--trainer.default_root_dir", str(run_dir), *rest], run=False)
+    return run(cli, run_dir, label, resume)
 
 
 # --------------------------------------------------------------------------- prepare

@@ -179,11 +179,9 @@ def replay(server: Server, model, dm, n_requests: int) -> Dict[str, float]:
     the in-process ``model``: mean per-request AUC of each, the largest logit gap, p50/p99 ms per row."""
     from torchmetrics.functional.classification import binary_auroc
 
-    ds = dm.splits["test"]
-    rows = list(range(min(n_requests * ds.per_sample, len(ds))))  # row = sample * per_sample + candidate
-    b = ds.__getitems__(rows)
+    b = dm.eval_lists("test", n_requests)
     served, ts = [], []
-    for i in range(len(rows)):
+    for i in range(len(b["label"])):
         m = b["hist_mask"][i]
         t0 = time.perf_counter()
         served.append(server.logit(b["hist_item_id"][i][m], b["hist_query_id"][i][m], int(b["item_id"][i]),

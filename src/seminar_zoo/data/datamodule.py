@@ -2,10 +2,17 @@
 
 Sequences are never materialised per sample. The module keeps, for all users, the
 positive behaviours (label 1) as flat arrays sorted by (user, ts) plus per-user
-offsets; a sample stores only where its history ends (the first behaviour with
-``ts >= sample ts``: history is strictly earlier, no leakage) and
-``__getitems__`` gathers the ``max_len`` most recent behaviours for a whole batch
-with one vectorised numpy gather.
+offsets; a sample (:class:`~seminar_zoo.data.samples.SampleSet`) stores only where its
+history ends (the first behaviour with ``ts >= sample ts``: history is strictly earlier,
+no leakage), and a batch's ``max_len`` most recent behaviours are gathered with one
+vectorised numpy gather.
+
+Code outside ``data/`` (models, serving, experiments) uses the public API, not the splits:
+:meth:`~LifelongSequenceDataModule.batch` / :meth:`~LifelongSequenceDataModule.eval_lists`
+(rows as a batch), :meth:`~LifelongSequenceDataModule.sample_batches` (a seeded sample of rows),
+:meth:`~LifelongSequenceDataModule.train_target_items`, ``split_sizes``, ``rows_per_sample``,
+``eval_candidates`` / ``eval_users`` / ``eval_histories``, ``positive_log``, ``train_item_counts``,
+``interacted_items``, ``feature_tables``, ``protocol``.
 
 Protocols (DESIGN.md, "Evaluation protocol"):
 
@@ -34,88 +41,18 @@ embeddings are looked up by id from :meth:`feature_tables`, held by the model.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Literal, Optional, Union
+from typing import Dict, Iterator, Literal, Optional, Union
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from .negatives import Interacted
 from .schema import DatasetError, Tables, read_meta, validate_dataset
-from .sequences import EpochShardSampler, SequenceStore, _collate, _first_occurrence, _mix
-
-
-class SampleSet(Dataset):
-    """Samples of one split. Row j maps to sample ``j // per_sample`` and candidate ``j % per_sample``.
-
-    For training with sampled negatives the index space also encodes the epoch
-    (``epoch * len + j``, see :class:`EpochShardSampler`) so negatives are a pure
-    function of (seed, epoch, row): resumed runs see exactly the same data.
-    """
-
-    def __init__(self, store: SequenceStore, max_len: int, user, end, item, query, label, group,
-                 candidates: Optional[np.ndarray] = None, n_train_neg: int = 0, n_items: int = 0, seed: int = 0,
-                 interacted: Optional[Interacted] = None, full: bool = False):
-        self.store, self.max_len = store, max_len
-        self.interacted, self.full = interacted, full
-        self.user, self.end, self.item, self.query = user, end, item, query
-        self.label, self.group = label.astype(np.float32), group
-        self.candidates = candidates  # [S, C] for ranking evaluation, col 0 = target
-        self.n_train_neg, self.n_items, self.seed = n_train_neg, n_items, seed
-        if candidates is not None:
-            self.per_sample = candidates.shape[1]
-        else:
-            self.per_sample = 1 + n_train_neg
-
-    @property
-    def n_samples(self) -> int:
-        return len(self.user)
-
-    def __len__(self) -> int:
-        return self.n_samples * self.per_sample
-
-    def __getitem__(self, j):
-        return self.__getitems__([j])
-
-    def __getitems__(self, rows) -> Dict[str, torch.Tensor]:
-        rows = np.asarray(rows, dtype=np.int64)
-        n = len(self)
-        epoch, rows = rows // n, rows % n
-        s, c = rows // self.per_sample, rows % self.per_sample
-        if self.candidates is not None:
-            item = self.candidates[s, c]
-            label = (c == 0).astype(np.float32)
-        elif self.n_train_neg:
-            h = _mix(self.seed, epoch, rows)
-            neg = (h % np.uint64(self.n_items)).astype(np.int64) + 1
-            if self.interacted is not None:  # uniform over the user's unseen items, no rejection loop
-                n_u = self.interacted.n_unseen[self.user[s]]
-                rank = (h % np.maximum(n_u, 1).astype(np.uint64)).astype(np.int64)
-                neg = np.where(n_u > 0, self.interacted.unseen(self.user[s], rank), neg)
-            item = np.where(c == 0, self.item[s], neg)
-            label = (c == 0).astype(np.float32)
-        else:
-            item, label = self.item[s], self.label[s]
-        h_item, h_query, mask = self.store.gather(self.user[s], self.end[s], self.max_len)
-        out = {}
-        if self.full:
-            ptr, seen = self.interacted.of(self.user[s])
-            out = {"seen_ptr": torch.from_numpy(ptr), "seen_item": torch.from_numpy(seen)}
-        return {**out,
-            "item_id": torch.from_numpy(item),
-            "query_id": torch.from_numpy(self.query[s]),
-            "label": torch.from_numpy(label),
-            "user_id": torch.from_numpy(self.user[s]),
-            "request_id": torch.from_numpy(self.group[s]),
-            "hist_item_id": torch.from_numpy(h_item),
-            "hist_query_id": torch.from_numpy(h_query),
-            "hist_mask": torch.from_numpy(mask),
-        }
-
-    def history_lengths(self) -> np.ndarray:
-        return np.minimum(self.end - self.store.offsets[self.user], self.max_len)
+from .samples import SampleSet
+from .sequences import EpochShardSampler, SequenceStore, _collate, _first_occurrence
 
 
 class LifelongSequenceDataModule(pl.LightningDataModule):
@@ -224,6 +161,58 @@ class LifelongSequenceDataModule(pl.LightningDataModule):
         """(ptr, items): CSR of the distinct items each of ``user_ids`` interacted with (any label)."""
         self._load()
         return self.interacted.of(np.asarray(user_ids, np.int64))
+
+    def train_target_items(self) -> np.ndarray:
+        """Item ids of the positive training targets (one per target; SEMINAR's cold items are the others)."""
+        tr = self._split("train")
+        return tr.item[tr.label > 0.5]
+
+    def rows_per_sample(self, split: str) -> int:
+        """Rows of a sample in ``split``: 1 + its sampled negatives (train) or its candidates (evaluation)."""
+        return int(self._split(split).per_sample)
+
+    def batch(self, split: str, rows) -> Dict[str, torch.Tensor]:
+        """Rows of ``split`` as one batch (the module docstring's format); row j is candidate
+        ``j % rows_per_sample`` of sample ``j // rows_per_sample`` (training rows: epoch 0's negatives)."""
+        return self._split(split).__getitems__(rows)
+
+    def eval_lists(self, split: str, n: int) -> Dict[str, torch.Tensor]:
+        """The first ``n`` ranking lists of ``split`` (each target with its candidates) as one batch."""
+        ds = self._split(split)
+        return ds.__getitems__(list(range(min(n * ds.per_sample, len(ds)))))
+
+    def sample_batches(self, split: str = "train", seed: int = 0, batch_size: int = 64) -> Iterator[Dict[str, torch.Tensor]]:
+        """Batches of ``split``'s rows in a seeded random order (the same on every process), e.g. a sample of
+        training histories to fit codebooks on; stop iterating when you have enough."""
+        ds = self._split(split)
+        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
+        for s in range(0, len(order), batch_size):
+            yield ds.__getitems__(order[s:s + batch_size].tolist())
+
+    def eval_candidates(self, split: str) -> Optional[np.ndarray]:
+        """[S, C] candidates of each ranking list of ``split`` (column 0 = the target); None under the full
+        protocol (every unseen item) and ctr (labelled rows)."""
+        return self._split(split).candidates
+
+    def eval_users(self, split: str) -> np.ndarray:
+        """[S] the user of each sample of ``split``."""
+        return self._split(split).user
+
+    def eval_histories(self, split: str, max_len: Optional[int] = None):
+        """(items, queries, mask) [S, L] of each sample's history in ``split`` (the ``max_len`` most recent,
+        default the DataModule's, right-aligned), as numpy arrays."""
+        ds = self._split(split)
+        return self.store.gather(ds.user, ds.end, max_len or self.hparams.max_len)
+
+    def positive_log(self):
+        """(user, item, offsets): every positive behaviour sorted by (user, time), user u's behaviours at
+        ``offsets[u]:offsets[u + 1]`` (the flat arrays histories are gathered from)."""
+        self._load()
+        return self.store.user, self.store.item, self.store.offsets
+
+    def _split(self, name: str) -> SampleSet:
+        self.setup()
+        return self.splits[name]
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.splits:

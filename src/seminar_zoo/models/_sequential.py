@@ -122,7 +122,8 @@ class DotProductScoring:
     def training_step(self, batch, batch_idx):
         if not getattr(self.hparams, "all_positions", False):
             return super().training_step(batch, batch_idx)
-        return self._all_positions_step(batch)
+        with self.step_rng.active():
+            return self._all_positions_step(batch)
 
     def _all_positions_step(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         """SASRec's recipe (Kang & McAuley 2018, Sec. III-E/F): one causal pass over each history,

@@ -18,13 +18,14 @@ import torch
 import torch.nn.functional as F
 
 from ..metrics import RecMetrics
-from ..modules.attention import TargetAttention, encode_unique
-from ..modules.encoders import ItemEncoder, QueryEncoder
+from ..modules.attention import TargetAttention
+from ..modules.encoders import ItemEncoder, QueryEncoder, UsesFeatureTables
+from ..modules.ops import StepRNG, encode_unique
 from ..modules.pair import PairEncoder, data_has_queries
 from ..modules.tower import Tower
 
 
-class RecModel(pl.LightningModule):
+class RecModel(UsesFeatureTables, pl.LightningModule):
     """Shared step, loss, metrics and optimiser.
 
     Args:
@@ -88,6 +89,7 @@ class RecModel(pl.LightningModule):
         self.test_metrics = RecMetrics()
         self._aux: Dict[str, torch.Tensor] = {}
         self.extra_test_metrics: Dict[str, float] = {}
+        self.step_rng = StepRNG()
 
     # ---- to be built by subclasses
     @property
@@ -158,16 +160,7 @@ class RecModel(pl.LightningModule):
             feats.append(self.short_term(t, self.history_vectors(h[:, -n:], q[:, -n:]), m[:, -n:]))
         return self.tower(torch.cat(feats, -1))
 
-    def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "feature_tables"):
-            self.load_tables(dm.feature_tables())
-
-    def load_tables(self, tables) -> None:
-        self.item_encoder.load_tables(tables)
-        self.query_encoder.load_tables(tables)
-
-    def _shared_step(self, batch: Dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+    def _shared_step(self, batch: Dict[str, torch.Tensor], stage: str):
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         full = stage != "train" and "seen_ptr" in batch
         if full:  # full ranking: before the plain forward, so a model's per-forward state ends on [B] rows
@@ -190,7 +183,7 @@ class RecModel(pl.LightningModule):
         if not full:  # raw logits: sigmoid saturates to 1.0 in float32 and would create false ties
             metrics.update(logits, batch["label"], batch["request_id"], batch["user_id"])
         self.log(f"{stage}/loss", loss, batch_size=bs, sync_dist=True)
-        return loss
+        return {"loss": loss, "logits": logits.detach()}  # callbacks' on_*_batch_end read the logits
 
     def listwise_loss(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """Sampled softmax or BPR over groups [target, its negatives]: the DataModule puts each
@@ -264,7 +257,8 @@ class RecModel(pl.LightningModule):
         metrics.update_counts(above, equal, (~interacted).sum(1))
 
     def training_step(self, batch, batch_idx):
-        return self._shared_step(batch, "train")
+        with self.step_rng.active():
+            return self._shared_step(batch, "train")
 
     def validation_step(self, batch, batch_idx):
         return self._shared_step(batch, "val")
@@ -297,26 +291,11 @@ class RecModel(pl.LightningModule):
         self._log_epoch("test", self.test_metrics)
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
-        # Seed per step so dropout draws depend only on (seed, global_step): a fit resumed from a
-        # checkpoint continues exactly as the uninterrupted one would, whatever else (dataloader
-        # iterators, validation) consumed the RNG in between. The caller's global RNG state is
-        # saved here and given back after the step, so user code's random streams are left alone.
-        self._user_rng = torch.random.get_rng_state()
+        # dropout (and any other draw of the step) depends only on (seed, global_step): a fit resumed from a
+        # checkpoint continues exactly as the uninterrupted one would. The stream is the model's own
+        # (:class:`~seminar_zoo.modules.ops.StepRNG`): the caller's global RNG is neither reseeded nor advanced.
         base = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        torch.manual_seed(base * 1_000_003 + self.global_step)
-
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        state = getattr(self, "_user_rng", None)
-        if state is not None:
-            torch.random.set_rng_state(state)
-            self._user_rng = None
+        self.step_rng.seed(base * 1_000_003 + self.global_step, self.device)
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-
-    # ---- hooks for `seminar-zoo experiment` (multi-stage models override them)
-    def before_fit(self, ctx) -> None:
-        """Called by `experiment` before fit (SEMINAR pretrains its PSU here)."""
-
-    def before_test(self, ctx) -> None:
-        """Called by `experiment` after fit, with the best weights loaded, before test."""

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import torch
 
-from ..modules.attention import TargetAttention, gather_positions, masked_topk
+from ..modules.attention import TargetAttention
+from ..modules.ops import gather_rows, masked_topk
 from ..modules.hashing import SimHash, hamming
 from .base import RecModel
 
@@ -70,5 +71,5 @@ class ETA(RecModel):
     def interest(self, batch, target):
         h, q, m = self.history(batch)
         idx, sel, _ = self.retrieve(target, h, q, m)
-        keys = self.history_vectors(gather_positions(h, idx), gather_positions(q, idx))
+        keys = self.history_vectors(gather_rows(h, idx), gather_rows(q, idx))
         return self.esu(target, keys, sel)

@@ -38,7 +38,8 @@ import math
 import torch
 from torch import nn
 
-from ..modules.attention import BiasedTargetAttention, encode_unique, gather_positions, masked_topk
+from ..modules.attention import TargetAttention
+from ..modules.ops import encode_unique, gather_rows, masked_topk
 from .base import RecModel
 
 
@@ -58,7 +59,7 @@ class QIN(RecModel):
         self.topk_stage1, self.topk = int(topk_stage1), int(topk)
         self.rel_q = nn.Linear(d, d, bias=False)
         self.rel_k = nn.Linear(d, d, bias=False)
-        self.fau = BiasedTargetAttention(d, self.hparams.num_heads)
+        self.fau = TargetAttention(d, self.hparams.num_heads)
         self.build_tower()
 
     def query_vector(self, batch, target: torch.Tensor) -> torch.Tensor:
@@ -80,14 +81,14 @@ class QIN(RecModel):
         with torch.no_grad():
             s1_all = self.query_relevance(qv, self.history_vectors(h, hq, unique=True), hq)
             idx1, sel1 = masked_topk(s1_all, m, self.topk_stage1)
-        h1, hq1 = gather_positions(h, idx1), gather_positions(hq, idx1)
+        h1, hq1 = gather_rows(h, idx1), gather_rows(hq, idx1)
         e1 = self.history_vectors(h1, hq1)
         s1 = self.query_relevance(qv, e1, hq1)  # the same values as s1_all at idx1, with gradients
         # stage 2: item-driven, ranked by the FAU's own logits (head mean)
         with torch.no_grad():
             s2 = self.fau.scores(target, e1).mean(1)
             idx2, sel2 = masked_topk(s2, sel1, self.topk)
-        return gather_positions(e1, idx2), gather_positions(s1, idx2), sel2, gather_positions(idx1, idx2)
+        return gather_rows(e1, idx2), gather_rows(s1, idx2), sel2, gather_rows(idx1, idx2)
 
     def interest(self, batch, target):
         keys, bias, mask, _ = self.select(batch, target)

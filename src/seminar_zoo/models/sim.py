@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modules.attention import TargetAttention, gather_positions, masked_softmax, masked_topk
+from ..modules.attention import TargetAttention
+from ..modules.ops import gather_rows, masked_softmax, masked_topk
 from ..modules.tower import Tower
 from .base import RecModel
 
@@ -95,12 +96,12 @@ class SIM(RecModel):
         h, q, m = self.history(batch)
         if self.gsu == "hard":
             idx, sel = self.hard_search(batch, h, m)
-            keys = self.history_vectors(gather_positions(h, idx), gather_positions(q, idx))
+            keys = self.history_vectors(gather_rows(h, idx), gather_rows(q, idx))
         else:
             e = self.history_vectors(h, q, unique=True)
             r = self.soft_scores(target, e)
             idx, sel = masked_topk(r.detach(), m, self.topk)
-            keys = gather_positions(e, idx)
+            keys = gather_rows(e, idx)
             if self.training and "label" in batch:
                 w = masked_softmax(r, m)
                 u_aux = (w.unsqueeze(-1) * e).sum(1)

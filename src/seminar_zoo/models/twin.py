@@ -47,7 +47,7 @@ from typing import List
 import torch
 from torch import nn
 
-from ..modules.attention import masked_softmax, masked_topk
+from ..modules.ops import masked_softmax, masked_topk
 from .base import RecModel
 
 N_RECENCY_BUCKETS = 16

@@ -12,24 +12,28 @@ Rows whose history is entirely masked return a zero vector (not NaN).
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-
-def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    scores = scores.masked_fill(~mask, float("-inf"))
-    w = torch.softmax(scores, dim=dim)
-    return torch.nan_to_num(w, nan=0.0)  # all-masked rows -> 0
+from .ops import masked_softmax
 
 
 class TargetAttention(nn.Module):
-    """Multi-head target attention: out = sum_l softmax_l(<W_q t, W_k h_l>/sqrt(d_h)) W_v h_l.
+    """Multi-head target attention: out = sum_l softmax_l(<W_q t, W_k h_l>/sqrt(d_h) + bias_l) W_v v_l.
+
+    One class for every target attention of the zoo (SIM / ETA / TWIN's ESU, QIN's fused attention,
+    SEMINAR's PSU, GSU and ESU, the short-term branch), so weights move between them by name
+    (``q``, ``k``, ``v``, ``out``).
 
     Args:
         dim: input and output width; num_heads must divide it.
-    Shapes: target [B, d], keys [B, L, d], mask [B, L] (True = valid) -> [B, d].
+    Shapes: ``forward(target [B, d], keys [B, L, d], mask [B, L] (True = valid), bias=None, values=None)``
+    -> [B, d]. ``bias`` ([B, L], shared by all heads, or [B, H, L]) is added to the logits (QIN's query
+    relevance, SEMINAR's GSU scores); ``values`` (default: the keys) lets keys and values differ.
+    ``forward_multi(targets [B, C, d], keys [B, L, d], mask [B, C, L])`` -> [B, C, d]: several targets
+    per row (SEMINAR's next-pair pretraining loss).
     """
 
     def __init__(self, dim: int, num_heads: int = 4, dropout: float = 0.0, project_values: bool = True):
@@ -51,11 +55,41 @@ class TargetAttention(nn.Module):
         return (q @ k.transpose(-1, -2)).squeeze(-2) / math.sqrt(d // self.h)
 
     def forward(self, target: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
+                bias: Optional[torch.Tensor] = None, values: Optional[torch.Tensor] = None,
                 return_weights: bool = False):
         B, L, d = keys.shape
-        w = masked_softmax(self.scores(target, keys), mask.unsqueeze(1))  # [B, H, L]
-        v = self.v(keys).view(B, L, self.h, d // self.h).transpose(1, 2)  # [B, H, L, dh]
-        o = (self.drop(w).unsqueeze(-2) @ v).squeeze(-2).reshape(B, d)
+        logits = self.scores(target, keys)  # [B, H, L]
+        if bias is not None:
+            logits = logits + (bias.unsqueeze(1) if bias.dim() == 2 else bias).to(logits.dtype)
+        w = masked_softmax(logits, mask.unsqueeze(1))
+        vals = keys if values is None else values
+        v = self.v(vals).view(B, L, self.h, d // self.h).transpose(1, 2)  # [B, H, L, dh]
+        o = (self.drop(w).unsqueeze(-2) @ v.to(w.dtype)).squeeze(-2).reshape(B, d)
+        o = self.out(o) * mask.any(-1, keepdim=True)
+        return (o, w) if return_weights else o
+
+    def head_logits(self, target: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """[B, C, d] x [B, L, d] -> [B, H, C, L] per-head scaled dot products."""
+        B, C, d = target.shape
+        L, h = keys.shape[1], self.h
+        q = self.q(target).view(B, C, h, d // h).transpose(1, 2)  # [B, H, C, dh]
+        k = self.k(keys).view(B, L, h, d // h).transpose(1, 2)  # [B, H, L, dh]
+        return (q @ k.transpose(-1, -2).to(q.dtype)) / math.sqrt(d // h)
+
+    def forward_multi(self, targets: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
+                      return_weights: bool = False):
+        """Several targets per row; no attention dropout (used for pretraining scores).
+
+        Masked logits get a large finite negative instead of -inf (cheaper than re-zeroing NaN
+        rows on these [B, H, C, L] tensors); rows with no valid key output zero.
+        """
+        B, C, d = targets.shape
+        L, h = keys.shape[1], self.h
+        logits = self.head_logits(targets, keys)
+        logits = logits.masked_fill(~mask.unsqueeze(1), torch.finfo(logits.dtype).min / 4)
+        w = torch.softmax(logits, -1)  # [B, H, C, L]
+        v = self.v(keys).view(B, L, h, d // h).transpose(1, 2)  # [B, H, L, dh]
+        o = (w @ v.to(w.dtype)).transpose(1, 2).reshape(B, C, d)
         o = self.out(o) * mask.any(-1, keepdim=True)
         return (o, w) if return_weights else o
 
@@ -79,66 +113,3 @@ class DINActivationUnit(nn.Module):
         w = w * mask
         o = (w.unsqueeze(-1) * keys).sum(1)
         return (o, w) if return_weights else o
-
-
-# --------------------------------------------------------------------------- retrieval helpers
-# (appended for the long-sequence baselines SIM / ETA / QIN / TWIN; see models/*.py)
-
-def masked_topk(scores: torch.Tensor, mask: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Top-k positions of ``scores`` [..., L] among the valid ones (``mask`` True).
-
-    Returns (idx [..., k'], selected_mask [..., k']) with k' = min(k, L), sorted by
-    descending score. Invalid positions rank below every valid one, so they are only
-    taken when fewer than k are valid, and then ``selected_mask`` is False there: a
-    consumer must mask those slots out (never attend to padding).
-    """
-    if k < 1:
-        raise ValueError(f"top-k needs k >= 1, got {k}")
-    k = min(k, scores.shape[-1])
-    s = scores.float().masked_fill(~mask, float("-inf"))
-    idx = s.topk(k, dim=-1, sorted=True).indices
-    return idx, mask.gather(-1, idx)
-
-
-def gather_positions(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x [B, L, ...] (or [B, L]) and idx [B, K] -> x at those positions [B, K, ...]; differentiable in x."""
-    if x.dim() == 2:
-        return x.gather(1, idx)
-    return x.gather(1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(*idx.shape, *x.shape[2:]))
-
-
-class BiasedTargetAttention(TargetAttention):
-    """TargetAttention with an additive logit bias: softmax_l(<W_q t, W_k h_l>/sqrt(d_h) + bias_l).
-
-    ``bias`` is [B, L] (shared by all heads) or [B, H, L]; ``values`` (default: the keys)
-    lets keys and values differ. Used by QIN's fused attention (query relevance as bias).
-    """
-
-    def forward(self, target: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
-                bias: Optional[torch.Tensor] = None, values: Optional[torch.Tensor] = None,
-                return_weights: bool = False):
-        B, L, d = keys.shape
-        logits = self.scores(target, keys)
-        if bias is not None:
-            logits = logits + (bias.unsqueeze(1) if bias.dim() == 2 else bias)
-        w = masked_softmax(logits, mask.unsqueeze(1))
-        vals = keys if values is None else values
-        v = self.v(vals).view(B, L, self.h, d // self.h).transpose(1, 2)
-        o = (self.drop(w).unsqueeze(-2) @ v).squeeze(-2).reshape(B, d)
-        o = self.out(o) * mask.any(-1, keepdim=True)
-        return (o, w) if return_weights else o
-
-
-def encode_unique(fn, ids: torch.Tensor, return_parts: bool = False):
-    """``fn(ids)`` computed once per distinct id: a lifelong history repeats items, so the
-    encoder runs on the batch's distinct ids and the result is indexed back (exactly the
-    same values and, through the index, the same gradients as ``fn(ids)``).
-
-    With ``return_parts`` also returns (per-distinct-id output [U, ...], inverse index
-    with the shape of ``ids``), for callers that derive more from the distinct rows
-    (hash signatures, projections: TWIN's pre-computed inherent-feature projection).
-    """
-    uniq, inv = torch.unique(ids, return_inverse=True)
-    enc = fn(uniq)
-    out = enc[inv]
-    return (out, enc, inv) if return_parts else out

@@ -116,3 +116,17 @@ class QueryEncoder(nn.Module):
         if self.text_proj is not None:
             v = v + _project(self.text_proj, self.query_text, qids)
         return torch.where((qids > 0).unsqueeze(-1), v, self.no_query.expand_as(v))
+
+
+class UsesFeatureTables:
+    """Mixin of the LightningModules that own an ``item_encoder`` and a ``query_encoder``: their
+    feature tables are filled from the trainer's DataModule at setup (or by :meth:`load_tables`)."""
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "feature_tables"):
+            self.load_tables(dm.feature_tables())
+
+    def load_tables(self, tables) -> None:
+        self.item_encoder.load_tables(tables)
+        self.query_encoder.load_tables(tables)

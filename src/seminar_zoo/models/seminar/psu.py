@@ -26,7 +26,7 @@ all three losses use them:
    Logged ``train/relevance``.
 
 Under DDP all contrastive candidates (and the relevance negatives) are gathered from every
-process keeping the local gradient (:func:`~seminar_zoo.modules.seminar_parts.gather_with_grad`),
+process keeping the local gradient (:func:`~seminar_zoo.models.seminar.losses.gather_with_grad`),
 so 2 processes with batch B compute, averaged, the loss of 1 process with the concatenated 2B batch.
 
 Simplified: the reference's next-pair task scores full GSU+ESU+MLP logits with BCE; ours scores
@@ -37,24 +37,21 @@ shuffled items as negatives as the reference does, but with a binary cross-entro
 from __future__ import annotations
 
 import math
-import time
-from collections import defaultdict
 from typing import Dict, List, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
-from ..modules.encoders import ItemEncoder, QueryEncoder
-from ..modules.seminar_parts import (MultiHeadTargetAttention, PairEncoder, data_has_queries, dist_mean,
-                                     gather_with_grad, hash_uniform, info_nce)
+from ...modules.attention import TargetAttention
+from ...modules.encoders import ItemEncoder, QueryEncoder, UsesFeatureTables
+from ...modules.pair import PairEncoder, data_has_queries
+from .config import ALIGN_PAIRS
+from .losses import dist_mean, gather_with_grad, hash_uniform, info_nce
 
-ALIGN_PAIRS = ("text-image", "image-attr", "text-attr")
 
-
-class PSU(pl.LightningModule):
+class PSU(UsesFeatureTables, pl.LightningModule):
     """Pretraining Search Unit. See the module docstring for the losses.
 
     Args:
@@ -86,7 +83,7 @@ class PSU(pl.LightningModule):
         self.item_encoder = ItemEncoder(data_meta, embed_dim)
         self.query_encoder = QueryEncoder(data_meta, embed_dim)
         self.pair = PairEncoder(self.item_encoder.modalities, data_has_queries(data_meta), lambda_q)
-        self.attn = MultiHeadTargetAttention(embed_dim, num_heads, dropout)
+        self.attn = TargetAttention(embed_dim, num_heads, dropout)
         self.rel_scale = nn.Parameter(torch.tensor(1.0))
         self.rel_bias = nn.Parameter(torch.tensor(0.0))
         self.align_pairs: List[Tuple[str, str]] = []
@@ -99,15 +96,6 @@ class PSU(pl.LightningModule):
                 self.align_pairs.append((a, b))
 
     # ---- data
-    def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "feature_tables"):
-            self.load_tables(dm.feature_tables())
-
-    def load_tables(self, tables) -> None:
-        self.item_encoder.load_tables(tables)
-        self.query_encoder.load_tables(tables)
-
     def sequences(self, batch: Dict[str, torch.Tensor]):
         """Positive rows as sequences: (items [N, T], queries [N, T], mask [N, T], keep [B])."""
         h, q, m = batch["hist_item_id"], batch["hist_query_id"], batch["hist_mask"]
@@ -244,38 +232,3 @@ class PSU(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-
-
-class EpochLog(pl.Callback):
-    """One log line per training epoch of a stage (issue 16 §1), with or without the progress bar:
-    ``[psu] epoch 1/2: loss 1.234, next_pair 0.567, ... | 12.3 s, 456 samples/s``. The losses are the
-    row-weighted means of the ``train/*`` values logged at each step; samples are training rows (all processes)."""
-
-    def __init__(self, stage: str):
-        self.stage = stage
-        self._reset()
-
-    def _reset(self) -> None:
-        self._t0, self._rows, self._sums = time.perf_counter(), 0, defaultdict(float)
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self._reset()  # a fit resumed mid-epoch does not call on_train_epoch_start for that epoch
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._reset()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        rows = int(batch["label"].shape[0])
-        self._rows += rows
-        for k, v in trainer.callback_metrics.items():
-            if k.startswith("train/"):
-                self._sums[k[len("train/"):]] += float(v) * rows
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        sec = time.perf_counter() - self._t0
-        n = max(self._rows, 1)
-        keys = sorted(self._sums, key=lambda k: (k != "loss", k))
-        losses = ", ".join(f"{k} {self._sums[k] / n:.4f}" for k in keys)
-        rate = self._rows * trainer.world_size / max(sec, 1e-9)
-        rank_zero_info(f"[{self.stage}] epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {losses or 'no loss logged'}"
-                       f" | {sec:.1f} s, {rate:.0f} samples/s")

@@ -328,3 +328,27 @@ def test_real_two_point_din_sweep(tiny_data, tmp_path, monkeypatch, capsys):
     assert "| model | lr | n | AUC | NDCG@10 |" in printed
     again = S.main([str(f), "--data.path", str(tiny_data), "--out", str(out), *tiny])
     assert again["counts"]["skipped"] == 2 and not again["counts"]["done"]
+
+
+def test_ml100k_tuning_sweep_gives_every_model_the_same_points_and_selects_on_validation(monkeypatch):
+    """experiments/sweeps/ml100k_tune.yaml: one random budget for every model (the points depend only on
+    --seed), selection on metrics.json's best_val (validation), the model config from MODEL_CONFIG."""
+    spec = S.load_spec(REPO / "experiments" / "sweeps" / "ml100k_tune.yaml")
+    assert spec["method"] == "random" and spec["metric"] == {"name": "best_val", "goal": "maximize"}
+    pts = S.sweep_points(spec, max_runs=12, seed=0)
+    assert len(pts) == 12 and pts == S.sweep_points(spec, max_runs=12, seed=0)
+    assert all(5e-4 <= p["model.init_args.lr"] <= 1e-2 and p["model.init_args.embed_dim"] in (32, 64)
+               and p["model.init_args.dropout"] in (0.0, 0.1, 0.2, 0.3) for p in pts)
+    monkeypatch.chdir(REPO)
+    for cfg in ("baselines/sasrec.yaml", "baselines/din.yaml", "experiments/seminar.yaml"):
+        monkeypatch.setenv("MODEL_CONFIG", cfg)
+        cmd = S.build_command(spec, pts[0], Path("/tmp/x"))
+        given = [cmd[i + 1] for i, tok in enumerate(cmd) if tok == "--config"]
+        assert [Path(g).name for g in given] == [Path(cfg).name, "ml100k.yaml"]
+        import importlib
+        import inspect
+
+        mod_name, cls_name = yaml.safe_load((REPO / cfg).read_text())["model"]["class_path"].rsplit(".", 1)
+        cls = getattr(importlib.import_module(mod_name), cls_name)
+        sig = {a for k in cls.__mro__ if "__init__" in vars(k) for a in inspect.signature(k.__init__).parameters}
+        assert {"lr", "embed_dim", "dropout"} <= sig, (cfg, sorted(sig))

@@ -258,6 +258,25 @@ def test_interrupt_stops_the_running_point(tmp_path):
 
 
 # --------------------------------------------------------------------------- the shipped sweep files
+def _configs_given(cmd):
+    """The --config files of a built command, in order."""
+    return [Path(cmd[i + 1]) for i, tok in enumerate(cmd) if tok == "--config"]
+
+
+def _model_init_args(config: Path):
+    """(class name, every __init__ argument along its MRO) of the model class a config names."""
+    import importlib
+    import inspect
+
+    path = yaml.safe_load(Path(config).read_text())["model"]["class_path"]
+    mod_name, cls_name = path.rsplit(".", 1)
+    try:
+        cls = getattr(importlib.import_module(mod_name), cls_name)
+    except (ImportError, AttributeError):
+        pytest.skip(f"{path} not on this branch yet")
+    return cls_name, {a for k in cls.__mro__ if "__init__" in vars(k) for a in inspect.signature(k.__init__).parameters}
+
+
 @pytest.mark.parametrize("name, n_points, configs", [("lambda", 15, ["seminar.yaml"]),
                                                       ("codebook", 27, ["seminar.yaml", "seminar_pq.yaml"])])
 def test_shipped_sweep_files(name, n_points, configs, monkeypatch):
@@ -275,29 +294,18 @@ def test_shipped_sweep_files(name, n_points, configs, monkeypatch):
             (c, s) for c in (16, 64, 256) for s in (2, 4, 8)}
     monkeypatch.chdir(REPO)
     cmd = S.build_command(spec, pts[0], Path("/tmp/x"))
-    given = [Path(cmd[i + 1]) for i, tok in enumerate(cmd) if tok == "--config"]
+    given = _configs_given(cmd)
     assert [p.name for p in given] == configs and all(p.is_file() for p in given)  # overlays after seminar.yaml
     assert cmd[cmd.index("--run_dir") + 1] == "/tmp/x"
-    cfg = given[0]
     # every swept name is an __init__ argument of the model class the config names
-    model_cfg = yaml.safe_load(cfg.read_text())["model"]
-    mod_name, cls_name = model_cfg["class_path"].rsplit(".", 1)
-    import importlib
-    import inspect
-
-    try:
-        cls = getattr(importlib.import_module(mod_name), cls_name)
-    except (ImportError, AttributeError):
-        pytest.skip(f"{model_cfg['class_path']} not on this branch yet")
-    sig = set()
-    for klass in cls.__mro__:
-        if "__init__" in vars(klass):
-            sig |= set(inspect.signature(klass.__init__).parameters)
+    cls_name, sig = _model_init_args(given[0])
     for p in spec["parameters"]:
         if p.startswith("model.init_args."):
             arg = p.split(".")[2]  # model.init_args.pq.n_sub: the dict argument pq
             assert arg in sig, f"{p}: {arg} is not an argument of {cls_name}"
     if name == "codebook":
+        import inspect
+
         from seminar_zoo.modules.quantization import MultiModalPQ
 
         pq_args = set(inspect.signature(MultiModalPQ.__init__).parameters)
@@ -343,12 +351,7 @@ def test_ml100k_tuning_sweep_gives_every_model_the_same_points_and_selects_on_va
     for cfg in ("baselines/sasrec.yaml", "baselines/din.yaml", "experiments/seminar.yaml"):
         monkeypatch.setenv("MODEL_CONFIG", cfg)
         cmd = S.build_command(spec, pts[0], Path("/tmp/x"))
-        given = [cmd[i + 1] for i, tok in enumerate(cmd) if tok == "--config"]
-        assert [Path(g).name for g in given] == [Path(cfg).name, "ml100k.yaml"]
-        import importlib
-        import inspect
-
-        mod_name, cls_name = yaml.safe_load((REPO / cfg).read_text())["model"]["class_path"].rsplit(".", 1)
-        cls = getattr(importlib.import_module(mod_name), cls_name)
-        sig = {a for k in cls.__mro__ if "__init__" in vars(k) for a in inspect.signature(k.__init__).parameters}
+        given = _configs_given(cmd)
+        assert [g.name for g in given] == [Path(cfg).name, "ml100k.yaml"]
+        _, sig = _model_init_args(REPO / cfg)
         assert {"lr", "embed_dim", "dropout"} <= sig, (cfg, sorted(sig))

@@ -319,3 +319,56 @@ def test_rerank_inner_product_matches_brute_force():
     # fewer candidates than k: all of them, ordered
     assert rerank_inner_product(t, [(items, ids), (queries, qids)], cand[:5], 10).tolist() == \
         cand[:5][np.argsort(-full[cand[:5]])].tolist()
+
+
+@pytest.mark.parametrize("n_cand", [120, 400])  # the small-pool full sort and the partition path
+def test_by_id_reranker_matches_brute_force(n_cand):
+    """ByIdReranker (stacked tables, a history's row map, one by-id call) == brute-force top-k of the summed
+    inner products, best first and chronologically; the numpy fallback gives the same rows."""
+    import numpy as np
+
+    from seminar_zoo.modules.pq_backends import ByIdReranker
+
+    rng = np.random.default_rng(1)
+    tables = [rng.standard_normal((n, 16)).astype(np.float32) for n in (500, 40, 7)]
+    ids = [rng.integers(0, len(t), 600) for t in tables]
+    q = rng.standard_normal(16).astype(np.float32)
+    cand = rng.choice(600, n_cand, replace=False)
+    full = sum(t[i] @ q for t, i in zip(tables, ids))
+    want = cand[np.argsort(-full[cand])[:10]]
+    rr = ByIdReranker(tables)
+    hist = rr.rows(*ids)
+    assert hist.shape == (600, 3) and rr.table.shape == (547, 16)
+    assert rr.topk(q, hist, cand, 10).tolist() == want.tolist()
+    assert rr.topk(q.astype(np.float64), hist, cand, 10, order="time").tolist() == sorted(want.tolist())
+    rr._faiss = None  # as without faiss
+    assert rr.topk(q, hist, cand, 10).tolist() == want.tolist()
+    two = ByIdReranker(tables[:2])  # the two-table (item + query) fast path
+    s2 = tables[0][ids[0]] @ q + tables[1][ids[1]] @ q
+    assert two.topk(q, two.rows(*ids[:2]), cand, 10).tolist() == cand[np.argsort(-s2[cand])[:10]].tolist()
+    assert two.topk(q, two.rows(*ids[:2]), cand[:4], 10).tolist() == cand[:4][np.argsort(-s2[cand[:4]])].tolist()
+    with pytest.raises(ValueError, match="one per table"):
+        rr.rows(*ids[:2])
+    with pytest.raises(ValueError, match="one d"):
+        ByIdReranker([tables[0], tables[1][:, :8]])
+    with pytest.raises(ValueError, match="order"):
+        rr.topk(q, hist, cand, 10, order="random")
+
+
+def test_faiss_scanner_block_size_changes_speed_not_results():
+    """fast-scan's block size (bbs) is a layout choice: the same top-k rows and scores for every allowed bbs."""
+    import numpy as np
+
+    pytest.importorskip("faiss")
+    from seminar_zoo.modules.pq_backends import FaissScanner
+
+    rng = np.random.default_rng(2)
+    codes = rng.integers(0, 16, (1000, 12)).astype(np.uint8)
+    cb = rng.standard_normal((12, 16, 4)).astype(np.float32)
+    q = rng.standard_normal(48).astype(np.float32)
+    ref_d, ref_i = FaissScanner(codes, 4, codebooks=cb, bbs=32).search_query(q, 40)
+    for bbs in (64, 96, 128):
+        d, i = FaissScanner(codes, 4, codebooks=cb, bbs=bbs).search_query(q, 40)
+        assert np.allclose(d, ref_d) and set(i.tolist()) == set(ref_i.tolist())
+    with pytest.raises(ValueError, match="bbs"):
+        FaissScanner(codes, 4, bbs=48)

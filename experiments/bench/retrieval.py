@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 from seminar_zoo.modules.hashing import SimHash, hamming
-from seminar_zoo.modules.pq_backends import (FaissScanner, allocate_subspaces, faiss_available, pack_codes,
-                                             rerank_inner_product)
+from seminar_zoo.modules.pq_backends import (ByIdReranker, FaissScanner, allocate_subspaces, faiss_available,
+                                             pack_codes)
 from seminar_zoo.modules.quantization import MultiModalPQ
 
 NORMS = (1.0, 0.5, 1.0, 10.0)  # query, id, text, image
@@ -69,6 +69,7 @@ class World:
         self.item, self.query = keys(self.item_topic, [1, 2, 3]), keys(self.query_topic, [0])
         self.item_fused, self.query_fused = self.item.sum(1), self.query[:, 0].contiguous()
         self.item_fused_np, self.query_fused_np = self.item_fused.numpy(), self.query_fused.numpy()
+        self.reranker = ByIdReranker([self.item_fused_np, self.query_fused_np])
         self.by_topic = [torch.nonzero(self.item_topic == t).squeeze(1) for t in range(N_TOPICS)]
         self.g = g
 
@@ -93,21 +94,24 @@ def rows(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return table.reshape(len(table), -1).index_select(0, ids).reshape(len(ids), *table.shape[1:])
 
 
-def exact_topk(world: World, ids, qids, t, k):
+# Every method gets the request's fused target ``tf`` = sum_i t_i [d] (computed once per request, outside the
+# timer, as the PQ paths get their per-group query): a request times retrieval, not target preparation.
+def exact_topk(world: World, ids, qids, tf, k):
     keys = torch.cat([rows(world.query, qids), rows(world.item, ids)], 1)  # [L, M, d]
-    return torch.einsum("d,lmd->l", t.sum(0), keys).topk(k).indices
+    return torch.einsum("d,lmd->l", tf, keys).topk(k).indices
 
 
-def exact_fused_topk(world: World, ids, qids, t, k):
-    tf = t.sum(0)
+def exact_fused_topk(world: World, ids, qids, tf, k):
     return (rows(world.item_fused, ids) @ tf + rows(world.query_fused, qids) @ tf).topk(k).indices
 
 
-def rerank(world: World, ids, qids, t, cand, k: int):
+def rerank(world: World, ids, qids, tf, cand, k: int, hist_rows: Optional[np.ndarray] = None):
     """Exact scores of the candidates ``cand`` (rows of the history) from the per-id fused keys -> the top-``k``
-    rows (``pq_backends.rerank_inner_product``: faiss inner products by id, no gathered copy of the keys)."""
-    ids, qids, t = _np(ids), _np(qids), _np(t)
-    return rerank_inner_product(t.sum(0), [(world.item_fused_np, ids), (world.query_fused_np, qids)], _np(cand), k)
+    rows, best first (``pq_backends.ByIdReranker``: one faiss by-id inner-product call, no gathered copy of the
+    keys).  ``hist_rows``: the history's row map, kept with its cached index; None: built in the request."""
+    if hist_rows is None:
+        hist_rows = world.reranker.rows(_np(ids), _np(qids))
+    return world.reranker.topk(_np(tf), hist_rows, _np(cand), k)
 
 
 def _np(x):
@@ -196,12 +200,13 @@ def methods_for(world: World, pqs: Dict[str, PQTables], ids, qids, t, args, nati
     k, d = args.topk, world.item.shape[-1]
     rrs, rr = args.rerank_factor, max(args.rerank_factor)  # cached indexes get every factor, per-request ones the largest
     tf = t.sum(0)
-    idn, qidn, tn = ids.numpy(), qids.numpy(), t.numpy()
+    tfn, every = tf.numpy(), np.arange(len(ids))
+    hist_rows = world.reranker.rows(ids.numpy(), qids.numpy())  # kept per history, like the cached indexes
     m: Dict[str, tuple] = {
-        "exact": (lambda: exact_topk(world, ids, qids, t, k), 4 * 4 * d),
-        "exact-fused": (lambda: exact_fused_topk(world, ids, qids, t, k), 2 * 4 * d),
+        "exact": (lambda: exact_topk(world, ids, qids, tf, k), 4 * 4 * d),
+        "exact-fused": (lambda: exact_fused_topk(world, ids, qids, tf, k), 2 * 4 * d),
         # the same scores through faiss' inner products by id (no gathered copy): the fastest exact scorer here
-        "exact-fused-byid": (lambda: rerank(world, idn, qidn, tn, np.arange(len(idn)), k), 2 * 4 * d),
+        "exact-fused-byid": (lambda: rerank(world, ids, qids, tfn, every, k, hist_rows), 2 * 4 * d),
     }
     for name, tab in pqs.items():
         m[f"pq-torch-{name}"] = (lambda tab=tab: tab.pq.score(tab.pq.lut(tf[None]), tab.codes(ids, qids)[None])[0].topk(k).indices,
@@ -222,8 +227,8 @@ def methods_for(world: World, pqs: Dict[str, PQTables], ids, qids, t, args, nati
             m[f"pq-faiss4-{name}-cached"] = (f4c, tab.bytes)
             for r in rrs:
                 m[f"pq-faiss4-{name}-cached+rr{r}"] = (
-                    lambda f4c=f4c, r=r: rerank(world, idn, qidn, tn, f4c(kk=r * k), k), tab.bytes)
-            m[f"pq-faiss4-{name}+rr{rr}"] = (lambda f4=f4: rerank(world, ids, qids, t, f4(kk=rr * k), k), tab.bytes)
+                    lambda f4c=f4c, r=r: rerank(world, ids, qids, tfn, f4c(kk=r * k), k, hist_rows), tab.bytes)
+            m[f"pq-faiss4-{name}+rr{rr}"] = (lambda f4=f4: rerank(world, ids, qids, tfn, f4(kk=rr * k), k), tab.bytes)
         else:
             q = tf.repeat(4).numpy()
 
@@ -231,7 +236,7 @@ def methods_for(world: World, pqs: Dict[str, PQTables], ids, qids, t, args, nati
                 sc = tab.pq.scanner(tab.codes(ids, qids), "faiss8")
                 return torch.from_numpy(sc.search_query(q, kk)[1])
             m[f"pq-faiss8-{name}"] = (f8, tab.bytes)
-            m[f"pq-faiss8-{name}+rr{rr}"] = (lambda f8=f8: rerank(world, ids, qids, t, f8(kk=rr * k), k), tab.bytes)
+            m[f"pq-faiss8-{name}+rr{rr}"] = (lambda f8=f8: rerank(world, ids, qids, tfn, f8(kk=rr * k), k), tab.bytes)
     for name, alloc in (allocs or {}).items():  # allocated / score-aware MultiModalPQ, index cached per history
         cb = alloc.pq.codebooks.reshape(alloc.pq.n_groups, 16, -1)
         qa = alloc.pq._split(tf[None, None].expand(1, 4, -1))[0]  # [G, s]: the target's sub-vector per group
@@ -243,7 +248,8 @@ def methods_for(world: World, pqs: Dict[str, PQTables], ids, qids, t, args, nati
         fa = (lambda sc=sc, qa=qa, kk=k: sc.search_query(qa, kk)[1])
         m[name] = (fa, alloc.bytes)
         for r in rrs:
-            m[f"{name}+rr{r}"] = (lambda fa=fa, r=r: rerank(world, idn, qidn, tn, fa(kk=r * k), k), alloc.bytes)
+            m[f"{name}+rr{r}"] = (lambda fa=fa, r=r: rerank(world, ids, qids, tfn, fa(kk=r * k), k, hist_rows),
+                                  alloc.bytes)
     fused = (world.item_fused[ids] + world.query_fused[qids]).numpy()
     sh = SimHash(d, args.simhash_bits, seed=0)
     sig = sh.signature(torch.from_numpy(fused))
@@ -266,7 +272,7 @@ def methods_for(world: World, pqs: Dict[str, PQTables], ids, qids, t, args, nati
 
             def h2():
                 cand = np.unique(np.concatenate([h.search(np.ascontiguousarray(qf), k)[1][0] for h in hn]))
-                return rerank(world, ids, qids, t, torch.from_numpy(cand[cand >= 0]), k)
+                return rerank(world, ids, qids, tfn, torch.from_numpy(cand[cand >= 0]), k)
             m["hnsw-2stage"] = (h2, 4 * 4 * d)
     return m
 
@@ -369,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--items", type=int, default=200_000)
     ap.add_argument("--queries", type=int, default=5_000)
     ap.add_argument("--pq", default="8x16,16x16,4x256,8x256", help="MultiModalPQ sizes n_subxn_centroids")
-    ap.add_argument("--alloc", default="32,64,96", help="total 4-bit sub-spaces split by score-variance share")
+    ap.add_argument("--alloc", default="32,64,88,96", help="total 4-bit sub-spaces split by score-variance share")
     ap.add_argument("--aniso-eta", type=float, default=4.0, help="score-aware rows' aniso_eta (1: none)")
     ap.add_argument("--fit-rows", type=int, default=20_000)
     ap.add_argument("--rerank-factor", default="2,3,4,6,10",

@@ -87,44 +87,59 @@ class FaissScanner:
     ``nbits`` 4 (fast-scan, K = 16) or 8 (IndexPQ, K <= 256).  ``codebooks`` ([G, K, s], optional)
     makes :meth:`search_query` available: faiss builds the table itself from a query ``[G * s]``.
     ``packed=True``: ``codes`` are already in :func:`pack_codes` layout (``[L, G * nbits / 8]``).
+    ``bbs``: fast-scan's block of codes per SIMD pass (faiss' default 32); 96 scans L = 10k, 96 sub-spaces in
+    23.5 us instead of 26.0 (fewer table reloads per code; experiments/results/retrieval.md).
     """
 
-    def __init__(self, codes: np.ndarray, nbits: int, codebooks: Optional[np.ndarray] = None, packed: bool = False):
+    BBS_CHOICES = (32, 64, 96, 128)  # the block sizes faiss instantiates for one query
+
+    def __init__(self, codes: np.ndarray, nbits: int, codebooks: Optional[np.ndarray] = None, packed: bool = False,
+                 bbs: int = 96):
         import faiss
 
         if nbits not in (4, 8):
             raise ValueError(f"FaissScanner: nbits must be 4 or 8, got {nbits}")
+        if bbs not in self.BBS_CHOICES:
+            raise ValueError(f"FaissScanner: bbs must be one of {self.BBS_CHOICES}, got {bbs}")
+        self.bbs = bbs
         codes = np.asarray(codes, dtype=np.uint8)
         self.n, self.g = codes.shape[0], codes.shape[1] * (8 // nbits if packed else 1)
         self.nbits, self.k = nbits, 1 << nbits
         self.packed = packed = np.ascontiguousarray(codes) if packed else pack_codes(codes, nbits)
         g_pad = self.g + (self.g % 2 if nbits == 4 else 0)  # fast-scan wants an even number of sub-spaces
         self.g_pad, self.lut_index, self.query_index = g_pad, None, None
+        self._swig_ptr = faiss.swig_ptr
         if codebooks is not None:
             cb = np.zeros((g_pad, self.k, codebooks.shape[-1]), np.float32)
             cb[: len(codebooks), : codebooks.shape[1]] = codebooks
-            self.query_index = self._index(faiss, cb, packed, fastscan=nbits == 4)
+            self.query_index = self._index(faiss, cb, packed, fastscan=nbits == 4, bbs=bbs)
+            self.query_dim = self.query_index.d  # a SWIG attribute read costs as much as a numpy call
 
     @staticmethod
-    def _index(faiss, centroids: np.ndarray, packed: np.ndarray, fastscan: bool):
+    def _index(faiss, centroids: np.ndarray, packed: np.ndarray, fastscan: bool, bbs: int = 32):
         g, k, s = centroids.shape
         idx = faiss.IndexPQ(g * s, g, int(np.log2(k)), faiss.METRIC_INNER_PRODUCT)
         faiss.copy_array_to_vector(np.ascontiguousarray(centroids, dtype=np.float32).ravel(), idx.pq.centroids)
         idx.is_trained = True
         if len(packed):
             idx.add_sa_codes(packed)
-        return faiss.IndexPQFastScan(idx) if fastscan else idx
+        return faiss.IndexPQFastScan(idx, bbs) if fastscan else idx
 
     def _search(self, index, query: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """One query ``[D]`` -> ([k], [k]); a batch ``[n, D]`` -> ([n, k], [n, k]) in one faiss call."""
-        k, many = min(k, self.n), query.ndim == 2
-        q = np.ascontiguousarray(query, dtype=np.float32).reshape(-1, index.d)
-        d, i = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
-        if k:  # the SWIG call itself: faiss' Python wrapper re-checks and re-allocates (~4 us of a ~40 us request)
-            import faiss
-
-            index.search_c(len(q), faiss.swig_ptr(q), k, faiss.swig_ptr(d), faiss.swig_ptr(i))
-        return (d, i) if many else (d[0], i[0])
+        k = min(k, self.n)
+        if query.ndim == 1:  # one request (serving): no reshape or row views; the Python around the scan is ~3 us
+            shape = (k,)     # of a ~25 us scan at L = 10k, as much as faiss' own table building
+            q = query if query.dtype == np.float32 and query.flags.c_contiguous else \
+                np.ascontiguousarray(query, dtype=np.float32)
+        else:
+            q = np.ascontiguousarray(query, dtype=np.float32).reshape(-1, index.d)
+            shape = (len(q), k)
+        d, i = np.empty(shape, np.float32), np.empty(shape, np.int64)
+        if k:  # the SWIG call itself: faiss' Python wrapper re-checks and re-allocates
+            ptr = self._swig_ptr
+            index.search_c(len(q) if q.ndim == 2 else 1, ptr(q), k, ptr(d), ptr(i))
+        return d, i
 
     def search(self, lut: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """Tables ``[G, K']`` (K' <= 2^nbits; missing entries are never addressed) -> top-k (scores, rows)."""
@@ -132,7 +147,7 @@ class FaissScanner:
             import faiss
 
             onehot = np.broadcast_to(np.eye(self.k, dtype=np.float32), (self.g_pad, self.k, self.k))
-            self.lut_index = self._index(faiss, onehot, self.packed, fastscan=self.nbits == 4)
+            self.lut_index = self._index(faiss, onehot, self.packed, fastscan=self.nbits == 4, bbs=self.bbs)
         q = np.zeros((self.g_pad, self.k), np.float32)
         q[: self.g, : lut.shape[1]] = lut
         return self._search(self.lut_index, q.ravel(), k)
@@ -142,9 +157,9 @@ class FaissScanner:
         if self.query_index is None:
             raise RuntimeError("FaissScanner.search_query needs codebooks at construction")
         query = np.asarray(query, np.float32)
-        if query.shape[-1] == self.query_index.d:  # no padding needed: skip the copy (serving latency)
+        if query.shape[-1] == self.query_dim:  # no padding needed: skip the copy (serving latency)
             return self._search(self.query_index, query, k)
-        q = np.zeros((*query.shape[:-1], self.query_index.d), np.float32)
+        q = np.zeros((*query.shape[:-1], self.query_dim), np.float32)
         q[..., : query.shape[-1]] = query
         return self._search(self.query_index, q, k)
 
@@ -156,13 +171,28 @@ class FaissScanner:
         return out
 
 
+def _top_rows(s: np.ndarray, cand: np.ndarray, k: int, order: str = "score") -> np.ndarray:
+    """The ``k`` candidates with the largest scores ``s``: best first (``order="score"``, stable on ties) or by
+    ascending row, i.e. chronologically (``"time"``, what the GSU hands the ESU, cf. ``ops.masked_topk``)."""
+    if order not in ("score", "time"):
+        raise ValueError(f"order must be 'score' or 'time', got {order!r}")
+    if len(cand) <= k:
+        return cand[np.argsort(-s, kind="stable")] if order == "score" else np.sort(cand)
+    if len(cand) <= 256:  # one sort of a small pool beats partition + sort (2.8 vs 4.2 us at 100 -> 50)
+        top = np.argsort(-s, kind="stable")[:k]
+        return cand[top] if order == "score" else np.sort(cand[top])
+    top = np.argpartition(s, len(s) - k)[len(s) - k:]
+    return cand[top[np.argsort(-s[top], kind="stable")]] if order == "score" else np.sort(cand[top])
+
+
 def rerank_inner_product(query: np.ndarray, parts, cand: np.ndarray, k: int) -> np.ndarray:
     """Exact re-rank of candidate rows: score ``sum_p <query, table_p[ids_p[cand]]>`` for ``parts`` =
     [(table_p [N_p, d] float32, ids_p [L] int64), ...] (e.g. the per-item and the per-query fused GSU keys and a
     history's item and query ids) -> the top-``k`` rows of ``cand``, best first.
 
     The inner products run in faiss (``fvec_inner_products_by_idx``: no gathered copy of the keys), which at a
-    few hundred candidates is ~3x faster than a numpy gather + matvec; numpy when faiss is missing."""
+    few hundred candidates is ~3x faster than a numpy gather + matvec; numpy when faiss is missing.  Serving
+    re-ranks many requests of one history against the same tables: :class:`ByIdReranker` is the lean form."""
     cand = np.ascontiguousarray(cand, dtype=np.int64)
     query = np.ascontiguousarray(query, dtype=np.float32)
     s = np.zeros(len(cand), np.float32)
@@ -179,10 +209,51 @@ def rerank_inner_product(query: np.ndarray, parts, cand: np.ndarray, k: int) -> 
             s += ip
         else:
             s += table[rows] @ query
-    if len(cand) > k:
-        top = np.argpartition(-s, k)[:k]
-        return cand[top[np.argsort(-s[top], kind="stable")]]
-    return cand[np.argsort(-s, kind="stable")]
+    return _top_rows(s, cand, k)
+
+
+class ByIdReranker:
+    """The exact second stage of the GSU (Sec. 3.4: PQ top R*K, then exact scores) for serving.
+
+    A behaviour's fused key is a sum of per-id keys (item, query, ...): the tables are stacked once into one
+    float32 matrix, and a history becomes a row map ``[L, P]`` (:meth:`rows`, kept with the history's fast-scan
+    index like the codes).  A request is then one gather of row ids, one faiss by-id inner-product call over the
+    C * P rows (no gathered copy of the keys) and a partial sort: ~8 us for C = 100 at d = 64, where
+    :func:`rerank_inner_product` spends ~11 us in per-table calls (experiments/results/retrieval.md).
+    Without faiss, numpy gathers and multiplies (same answer)."""
+
+    def __init__(self, tables):
+        tables = [np.asarray(t, dtype=np.float32) for t in tables]
+        if not tables or any(t.ndim != 2 or t.shape[1] != tables[0].shape[1] for t in tables):
+            raise ValueError(f"ByIdReranker: tables must be [N_p, d] with one d, got {[t.shape for t in tables]}")
+        self.d, self.n_parts = tables[0].shape[1], len(tables)
+        self.offsets = np.cumsum([0] + [len(t) for t in tables[:-1]]).astype(np.int64)
+        self.table = np.ascontiguousarray(np.concatenate(tables))
+        try:
+            import faiss
+
+            self._faiss, self._table_ptr = faiss, faiss.swig_ptr(self.table)
+        except ImportError:
+            self._faiss = None
+
+    def rows(self, *ids) -> np.ndarray:
+        """A history's ids, one array ``[L]`` per table -> its row map ``[L, P]`` into the stacked table."""
+        if len(ids) != self.n_parts:
+            raise ValueError(f"ByIdReranker.rows: {self.n_parts} id arrays expected (one per table), got {len(ids)}")
+        return np.ascontiguousarray(np.stack([np.asarray(i, np.int64) + o for i, o in zip(ids, self.offsets)], 1))
+
+    def topk(self, query: np.ndarray, rows: np.ndarray, cand: np.ndarray, k: int, order: str = "score") -> np.ndarray:
+        """Fused query ``[d]``, a history's row map, candidate rows ``[C]`` -> the top-``k`` candidates by exact
+        score, best first (``order="score"``) or chronologically (``"time"``: the GSU's own order)."""
+        r, query = rows.take(cand, axis=0), np.ascontiguousarray(query, dtype=np.float32)  # r: [C, P], contiguous
+        if self._faiss is None:
+            s = (self.table[r.ravel()] @ query).reshape(r.shape).sum(1)
+        else:
+            f, ip = self._faiss, np.empty(r.size, np.float32)
+            f.fvec_inner_products_by_idx(f.swig_ptr(ip), f.swig_ptr(query), self._table_ptr, f.swig_ptr(r),
+                                         self.d, 1, r.size)
+            s = ip[0::2] + ip[1::2] if self.n_parts == 2 else ip.reshape(r.shape).sum(1)
+        return _top_rows(s, np.asarray(cand), k, order)
 
 
 def allocate_subspaces(shares, total: int, dim: int) -> list:

@@ -36,6 +36,27 @@ def test_ranking_history_matches_sequence(tiny_dm):
     assert b["hist_item_id"][0].tolist() == seq[-1 - L:-1].tolist()
 
 
+def test_batches_carry_history_timestamps(tiny_dm):
+    """hist_ts: each history behaviour's own ts (aligned with hist_item_id, chronological, before the target),
+    0 on padding; every split and protocol batch has it (HSTU's relative time bias reads it)."""
+    st = tiny_dm.store
+    for name, ds in tiny_dm.splits.items():
+        rows = list(range(0, len(ds), max(1, len(ds) // 7)))[:7]
+        b = ds.__getitems__(rows)
+        assert b["hist_ts"].shape == b["hist_item_id"].shape and b["hist_ts"].dtype == torch.int64
+        assert (b["hist_ts"][~b["hist_mask"]] == 0).all()
+        for r in range(len(rows)):
+            s = rows[r] // ds.per_sample
+            u, end = int(ds.user[s]), int(ds.end[s])
+            n = int(b["hist_mask"][r].sum())
+            if n == 0:
+                continue
+            assert b["hist_ts"][r, -n:].tolist() == st.ts[end - n:end].tolist()
+            assert b["hist_item_id"][r, -n:].tolist() == st.item[end - n:end].tolist()
+            t = b["hist_ts"][r, -n:]
+            assert (t[1:] >= t[:-1]).all() and st.offsets[u] <= end - n
+
+
 def test_eval_candidates_are_unseen_distinct_and_seeded(tiny_data):
     dm1 = LifelongSequenceDataModule(str(tiny_data), max_len=20, seed=3)
     dm2 = LifelongSequenceDataModule(str(tiny_data), max_len=20, seed=3)

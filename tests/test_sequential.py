@@ -88,6 +88,26 @@ def test_hstu_layer_is_pointwise_silu_not_softmax():
     assert torch.allclose(layer(x, allowed, torch.zeros(1, 1, 1)), expect, atol=1e-6)
 
 
+def test_hstu_time_bias_reads_hist_ts_and_can_be_turned_off():
+    """With hist_ts in the batch the HSTU output depends on the time gaps (once the time bias is non-zero);
+    time_bias=False, or a batch without hist_ts, gives the positions-only model."""
+    b = toy_batch(n_valid=8)
+    g = torch.Generator().manual_seed(3)
+    b["hist_ts"] = torch.cumsum(torch.randint(1, 10 ** 6, (6, 8), generator=g), 1) * b["hist_mask"]
+    for time_bias in (True, False):
+        model = make(HSTU, {"num_layers": 1, "hstu_heads": 2}, time_bias=time_bias).eval()
+        with torch.no_grad():
+            model.bias.time.copy_(torch.linspace(-2, 2, len(model.bias.time)))
+        no_ts = {k: v for k, v in b.items() if k != "hist_ts"}
+        spread = dict(b, hist_ts=b["hist_ts"] * 1000)  # other gaps -> other log2 buckets
+        with torch.no_grad():
+            out, out_no_ts, out_spread = model(b), model(no_ts), model(spread)
+        if time_bias:
+            assert not torch.allclose(out, out_no_ts, atol=1e-4) and not torch.allclose(out, out_spread, atol=1e-4)
+        else:
+            assert torch.equal(out, out_no_ts) and torch.equal(out, out_spread)
+
+
 def test_relative_bias_uses_positions_and_time_gaps():
     rb = RelativeBias(max_len=4, time_buckets=8)
     with torch.no_grad():

@@ -32,8 +32,8 @@ Protocols (DESIGN.md, "Evaluation protocol"):
   dataset's ``request_id``.
 
 A batch is a dict of tensors: ``item_id``, ``query_id``, ``label``, ``user_id``,
-``request_id`` with shape [B]; ``hist_item_id``, ``hist_query_id``, ``hist_mask``
-with shape [B, L], L = min(max_len, the longest history in the batch),
+``request_id`` with shape [B]; ``hist_item_id``, ``hist_query_id``, ``hist_mask``,
+``hist_ts`` (the behaviours' ``ts``, 0 on padding; HSTU's time bias) with shape [B, L], L = min(max_len, the longest history in the batch),
 chronological and right-aligned (the most recent
 behaviour is at index -1; padding, id 0, on the left). Attributes and text/image
 embeddings are looked up by id from :meth:`feature_tables`, held by the model.
@@ -202,7 +202,7 @@ class LifelongSequenceDataModule(pl.LightningDataModule):
         """(items, queries, mask) [S, L] of each sample's history in ``split`` (the ``max_len`` most recent,
         default the DataModule's, right-aligned), as numpy arrays."""
         ds = self._split(split)
-        return self.store.gather(ds.user, ds.end, max_len or self.hparams.max_len)
+        return self.store.gather(ds.user, ds.end, max_len or self.hparams.max_len)[:3]
 
     def positive_log(self):
         """(user, item, offsets): every positive behaviour sorted by (user, time), user u's behaviours at

@@ -68,7 +68,7 @@ class SampleSet(Dataset):
             label = (c == 0).astype(np.float32)
         else:
             item, label = self.item[s], self.label[s]
-        h_item, h_query, mask = self.store.gather(self.user[s], self.end[s], self.max_len)
+        h_item, h_query, mask, h_ts = self.store.gather(self.user[s], self.end[s], self.max_len)
         out = {}
         if self.full:
             ptr, seen = self.interacted.of(self.user[s])
@@ -82,6 +82,7 @@ class SampleSet(Dataset):
             "hist_item_id": torch.from_numpy(h_item),
             "hist_query_id": torch.from_numpy(h_query),
             "hist_mask": torch.from_numpy(mask),
+            "hist_ts": torch.from_numpy(h_ts),
         }
 
     def history_lengths(self) -> np.ndarray:

@@ -62,26 +62,29 @@ class SequenceStore:
             pad = np.zeros(max_len, np.int64)
             self._pad_item = np.concatenate([pad, self.item])
             self._pad_query = np.concatenate([pad, self.query])
+            self._pad_ts = np.concatenate([pad, self.ts.astype(np.int64)])
             view = np.lib.stride_tricks.sliding_window_view
-            self._win = (view(self._pad_item, max_len), view(self._pad_query, max_len))
+            self._win = (view(self._pad_item, max_len), view(self._pad_query, max_len), view(self._pad_ts, max_len))
             self._win_len = max_len
         return self._win
 
     def gather(self, user: np.ndarray, end: np.ndarray, max_len: int):
-        """Right-aligned [B, L] histories, L = min(max_len, longest history in the batch)."""
+        """Right-aligned [B, L] histories (item ids, query ids, mask, timestamps; 0 on padding),
+        L = min(max_len, longest history in the batch)."""
         n_hist = np.minimum(end - self.offsets[user], max_len)
         width = int(n_hist.max()) if len(n_hist) else 1
         width = max(width, 1)
-        w_item, w_query = self._windows(max_len)
+        w_item, w_query, w_ts = self._windows(max_len)
         rows = end  # window row e ends just before global index e
         mask = np.arange(max_len - width, max_len)[None, :] >= (max_len - n_hist)[:, None]
         item = w_item[rows, max_len - width:] * mask
         query = w_query[rows, max_len - width:] * mask
-        return item, query, mask
+        ts = w_ts[rows, max_len - width:] * mask
+        return item, query, mask, ts
 
     def __getstate__(self):
         # the padded copies are rebuilt lazily in each worker instead of being pickled
-        return {k: v for k, v in self.__dict__.items() if k not in ("_win", "_pad_item", "_pad_query", "_win_len")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_win", "_pad_item", "_pad_query", "_pad_ts", "_win_len")}
 
 
 def _collate(batch):

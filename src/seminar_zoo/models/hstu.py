@@ -7,8 +7,9 @@ Each layer computes, from the layer-normed input X,
 softmax; normalised by the sequence length n as in the reference code), and
 ``Y = f2(Norm(A V) * U)`` (Eq. 3, SiLU gating by U), with a residual connection.
 ``rab^{p,t}`` is a learned relative attention bias over bucketed relative positions
-and, when the batch carries timestamps (``ts``, ``hist_ts``), over log-bucketed time
-gaps (the reference's ``RelativeBucketedTimeAndPositionBasedBias``). Attention is
+and over log2-bucketed time gaps between behaviours (``hist_ts``, which every DataModule
+batch carries; the reference's ``RelativeBucketedTimeAndPositionBasedBias``;
+``time_bias: false`` keeps positions only). Attention is
 causal. A candidate's score is the dot product with the last position's output, so
 full ranking encodes a history once.
 
@@ -20,6 +21,7 @@ Simplified / differs from the paper:
 - trained autoregressively over every position (``all_positions: true``, the shipped
   config) with a full softmax over the catalogue (``loss: full_softmax``) instead of
   the paper's sampled softmax over in-batch and random negatives;
+- the time bias is over gaps between history behaviours only, not to the request time;
 - without timestamps in the batch only the relative-position bias is used.
 """
 from __future__ import annotations
@@ -80,7 +82,7 @@ class HSTULayer(nn.Module):
 
 class HSTU(DotProductScoring, RecModel):
     def __init__(self, num_layers: int = 2, hstu_heads: int = 2, position_len: int = 200,
-                 time_buckets: int = 64, all_positions: bool = False, **kwargs):
+                 time_buckets: int = 64, time_bias: bool = True, all_positions: bool = False, **kwargs):
         super().__init__(**kwargs)
         d = self.hparams.embed_dim
         self.position = PositionEmbedding(position_len, d)
@@ -94,7 +96,7 @@ class HSTU(DotProductScoring, RecModel):
         x, m = self.sequence_inputs(batch)
         L = x.shape[1]
         x = self.emb_drop(x * math.sqrt(x.shape[-1]) + self.position(L, x.device)) * m.unsqueeze(-1)
-        ts = batch.get("hist_ts")
+        ts = batch.get("hist_ts") if self.hparams.time_bias else None
         bias = self.bias(L, x.device, ts[:, -L:] if ts is not None else None)
         allowed = causal_valid_mask(m)
         for layer in self.layers:

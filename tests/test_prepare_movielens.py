@@ -138,7 +138,7 @@ def test_fixture_ties_genres_years(tmp_path):
     dm = LifelongSequenceDataModule(str(out), max_len=5)
     dm._load()
     end = dm.store.history_end(np.array([2]), np.array([100]))
-    h_item, _, mask = dm.store.gather(np.array([2]), end, 5)
+    h_item, _, mask, _ = dm.store.gather(np.array([2]), end, 5)
     assert [raw_of[int(i)] for i in h_item[0][mask[0]]] == [10]
 
 

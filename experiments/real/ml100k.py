@@ -207,6 +207,28 @@ def peer_rows(peer: dict, proto: str) -> str:
     return "\n".join(lines)
 
 
+def ablation_section(path: Path = ROOT / "experiments/results/ml100k_ablation.md") -> list:
+    """The recipe ablations (experiments/real/ml100k_ablation.py), quoted under their own heading."""
+    if not path.exists():
+        return []
+    body = path.read_text().strip().splitlines()[1:]  # its own title becomes this section's heading
+    return ["## Recipe ablations: what each training change bought (`experiments/results/ml100k_ablation.md`)",
+            *body, ""]
+
+
+def splice_ablations(md: Path) -> None:
+    """Replace (or insert before "## Coverage") the ablation section of an existing ml100k.md, without
+    re-running or re-aggregating anything (the runs behind the other sections may be gone)."""
+    text = md.read_text()
+    head = "## Recipe ablations"
+    if head in text:
+        start = text.index(head)
+        end = text.index("\n## ", start + 1) + 1
+    else:
+        start = end = text.index("## Coverage")
+    md.write_text(text[:start] + "\n".join(ablation_section()) + "\n" + text[end:])
+
+
 def reading(runs: Path):
     """Per protocol: models ordered by their mean headline metric, SEMINAR's place among the learned
     models, and which models are not above Popularity (the no-learning reference)."""
@@ -245,7 +267,12 @@ def main(argv=None):
     ap.add_argument("--force-prepare", action="store_true")
     ap.add_argument("--out", default="experiments/results/ml100k.md")
     ap.add_argument("--table-only", action="store_true", help="only aggregate existing runs")
+    ap.add_argument("--splice-ablations", action="store_true",
+                    help="only refresh the recipe-ablation section of --out from experiments/results/ml100k_ablation.md")
     args = ap.parse_args(argv)
+    if args.splice_ablations:
+        splice_ablations(ROOT / args.out)
+        return 0
 
     models = [m for m in MODELS if (ROOT / m[1]).exists() and (args.models is None or m[0] in args.models)]
     missing = [m[0] for m in MODELS if not (ROOT / m[1]).exists()]
@@ -317,6 +344,7 @@ def main(argv=None):
         if proto in ("ranking", "full") and peer.exists():
             parts += [peer_rows(json.loads(peer.read_text()), proto), ""]
     parts += ["## Reading (computed from the runs above)", ""] + reading(ROOT / args.runs) + [""]
+    parts += ablation_section()
     parts += ["## Coverage", ""]
     ran = sorted({p.parent.parent.name for p in (ROOT / args.runs).glob("*/*/seed*/metrics.json")},
                  key=lambda k: order.index(k) if k in order else 99)

@@ -1,0 +1,61 @@
+"""experiments/real/ml100k_ablation.py and ml100k.py's ablation section: table maths and splicing, no training."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments/real" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(runs, label, seed, ndcg):
+    d = runs / "ranking" / label / f"seed{seed}"
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({"test/ndcg@10": ndcg, "test/hr@10": 0.5, "test/mrr": 0.3,
+                                                "test/auc": 0.8, "epochs": 3, "fit_seconds": 10.0}))
+
+
+def test_ablation_table_pairs_each_change_with_its_shipped_seed(tmp_path):
+    abl = _load("ml100k_ablation")
+    rows = [("A", None, "a.yaml", [], "shipped"), ("A-x", "A", "a.yaml", [], "change x")]
+    for seed, base, changed in ((0, 0.40, 0.35), (1, 0.42, 0.36), (2, 0.44, 0.40)):
+        _run(tmp_path, "A", seed, base)
+        _run(tmp_path, "A-x", seed, changed)
+    md, recs = abl.table(tmp_path, rows, [0, 1, 2])
+    line = next(x for x in md.splitlines() if x.startswith("| A-x |"))
+    # paired deltas -0.05, -0.06, -0.04: mean -0.05, sample std 0.01
+    assert "-0.0500 ± 0.0100 (n=3)" in line and "| 3 |" in line
+    assert "0.4200 ± 0.0200" in next(x for x in md.splitlines() if x.startswith("| A |"))
+    assert set(recs) == {"A", "A-x"}
+    md1, _ = abl.table(tmp_path, rows, [0])  # a missing pair leaves the delta over the seeds that have one
+    assert "(n=1)" in md1
+
+
+def test_ml100k_splices_the_ablation_section_without_touching_the_rest(tmp_path, monkeypatch):
+    ml = _load("ml100k")
+    abl_md = tmp_path / "abl.md"
+    abl_md.write_text("# title\n\nbody v1\n")
+    monkeypatch.setattr(ml, "ablation_section", lambda path=abl_md: ["## Recipe ablations: x",
+                                                                     *abl_md.read_text().splitlines()[1:], ""])
+    md = tmp_path / "ml100k.md"
+    md.write_text("# t\n\n## Reading\n\nr\n\n## Coverage\n\nc\n")
+    ml.splice_ablations(md)
+    first = md.read_text()
+    assert first.index("## Reading") < first.index("body v1") < first.index("## Coverage")
+    abl_md.write_text("# title\n\nbody v2\n")
+    ml.splice_ablations(md)  # replaced, not appended
+    text = md.read_text()
+    assert "body v2" in text and "body v1" not in text and text.count("## Recipe ablations") == 1
+    assert text.endswith("## Coverage\n\nc\n") and text.startswith("# t\n\n## Reading\n\nr\n")
+    bad = tmp_path / "x.md"
+    bad.write_text("no sections")
+    with pytest.raises(ValueError):  # nowhere to put it: refused, file unchanged
+        ml.splice_ablations(bad)
+    assert bad.read_text() == "no sections"

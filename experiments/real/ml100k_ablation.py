@@ -4,6 +4,7 @@ uniform negatives).  Runs through `experiments/real/ml100k.py` (same overrides: 
 targets per epoch for target-attention models, early stopping on validation NDCG@10, best checkpoint tested).
 
     python experiments/real/ml100k_ablation.py [--seeds 0 1 2] [--rows SASRec SASRec-bce ...]
+    python experiments/real/ml100k_ablation.py --protocols full --rows SASRec SASRec-bce SASRec-old HSTU HSTU-positions
 
 Writes experiments/results/ml100k_ablation.{md,json}; resumable (finished runs are kept under --runs).
 Each row's change is paired with the shipped row of the same model and seed: delta = row - shipped.
@@ -103,7 +104,8 @@ def main(argv=None):
                                                     "full": {k: list(v.values()) for k, v in recs_full.items()}},
                                                    indent=1))
     text = ["# ML-100K: what each recipe change bought", "",
-            "Produced by `python experiments/real/ml100k_ablation.py` (ranking protocol, 99 uniform negatives, "
+            "Produced by `python experiments/real/ml100k_ablation.py` (trained under the ranking protocol, 99 "
+            "uniform negatives, `--protocols full` also tests the selected checkpoints under full ranking; "
             f"seeds {args.seeds}; settings as `experiments/results/ml100k.md`: lr 0.005, early stopping on "
             "validation NDCG@10, best checkpoint tested; DIN rows train on a seeded 20% of the targets per epoch). "
             f"Data `runs/data/ml100k`, text encoder `{enc}`: the shipped rows are re-run here on the same data, so "
@@ -114,8 +116,12 @@ def main(argv=None):
                  "tested again with `--data.protocol full`):", "", md_full, ""]
     if failures:
         text += ["Failed runs: " + "; ".join(failures) + ".", ""]
-    text += [f"Load average at the end {os.getloadavg()[0]:.2f} (2-core machine; fit s indicative). "
-             f"Wall time this invocation: {(time.time() - t0) / 60:.1f} min.", ""]
+    if args.table_only:
+        text += ["Tables aggregated from the finished runs (`--table-only`); fit s as each run recorded it "
+                 "(2-core machine, two jobs at a time, one thread each: indicative).", ""]
+    else:
+        text += [f"Load average at the end {os.getloadavg()[0]:.2f} (2-core machine; fit s indicative). "
+                 f"Wall time this invocation: {(time.time() - t0) / 60:.1f} min.", ""]
     out.with_suffix(".md").write_text("\n".join(text))
     print("\n".join(text))
     return 1 if failures else 0

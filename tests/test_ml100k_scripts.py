@@ -59,3 +59,26 @@ def test_ml100k_splices_the_ablation_section_without_touching_the_rest(tmp_path,
     with pytest.raises(ValueError):  # nowhere to put it: refused, file unchanged
         ml.splice_ablations(bad)
     assert bad.read_text() == "no sections"
+
+
+def test_tune_report_picks_on_validation_not_test(tmp_path):
+    rep = _load("ml100k_tune_report")
+    folder = tmp_path / "sasrec"
+    points = []
+    for i, (val, test) in enumerate(((0.50, 0.45), (0.52, 0.40), (0.48, 0.47))):
+        run = folder / f"r{i}"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"test/ndcg@10": test, "epochs": 5}))
+        points.append({"name": f"r{i}", "status": "done", "run_dir": str(run), "seconds": 10.0,
+                       "metric": {"monitor": "val/ndcg@10", "score": val},
+                       "parameters": {"model.init_args.lr": 0.001 * (i + 1), "model.init_args.embed_dim": 32,
+                                      "model.init_args.dropout": 0.1}})
+    points.append({"name": "r3", "status": "running", "run_dir": str(folder / "r3"), "parameters": {}})
+    (folder / "sweep_summary.json").write_text(json.dumps({"seed": 0, "points": points}))
+    r = rep.model_report(folder)
+    assert [p["name"] for p in r["points"]] == ["r1", "r0", "r2"]  # by validation score; unfinished left out
+    assert r["picked"]["name"] == "r1" and r["picked"]["test_ndcg@10"] == 0.40  # not the best test point
+    assert "| 1 (picked) | 0.00200 |" in rep.render({"sasrec": r})
+    with pytest.raises(SystemExit) as e:
+        rep.main(["--sweeps", str(tmp_path), "--models", "absent", "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and not (tmp_path / "o.md").exists()

@@ -1,0 +1,84 @@
+"""Report of the per-model tuning sweeps (experiments/sweeps/ml100k_tune.yaml, issue 12 item 2).
+
+    python experiments/real/ml100k_tune_report.py [--sweeps runs/sweeps/ml100k_tune] [--models sasrec hstu]
+
+Reads each model's ``sweep_summary.json`` (written by ``seminar-zoo sweep``) and the runs' metrics.json; the
+point is picked on validation NDCG@10 (``best_val``, the checkpoint monitor), never on test; test NDCG@10 is
+shown beside it only to read what the pick is worth. Writes experiments/results/ml100k_tune.{md,json}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SHORT = {"model.init_args.lr": "lr", "model.init_args.embed_dim": "embed_dim", "model.init_args.dropout": "dropout"}
+
+
+def model_report(folder: Path) -> dict:
+    """One model's sweep -> {"points": [...] sorted by validation score, "picked": the best one}."""
+    summary = json.loads((folder / "sweep_summary.json").read_text())
+    points = []
+    for p in summary["points"]:
+        if p.get("status") != "done" or p.get("metric", {}).get("score") is None:
+            continue
+        run = Path(p["run_dir"])
+        run = run if run.is_absolute() else ROOT / run
+        rec = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
+        points.append({"name": p["name"], **{SHORT.get(k, k): v for k, v in p["parameters"].items()},
+                       "val_ndcg@10": p["metric"]["score"], "test_ndcg@10": rec.get("test/ndcg@10"),
+                       "epochs": rec.get("epochs"), "seconds": p.get("seconds")})
+    points.sort(key=lambda r: -r["val_ndcg@10"])
+    return {"seed": summary.get("seed"), "started": len(summary["points"]), "points": points,
+            "picked": points[0] if points else None}
+
+
+def render(reports: dict) -> str:
+    lines = ["# ML-100K per-model tuning on validation (`experiments/sweeps/ml100k_tune.yaml`)", "",
+             "Random search, the same seeded points for every model (`--seed 0 --max-runs 12`): lr log-uniform in "
+             "[5e-4, 1e-2], embed_dim {32, 64}, dropout {0, 0.1, 0.2, 0.3}; each run trains with the recipe of "
+             "`experiments/datasets/ml100k.yaml` (early stopping on validation NDCG@10, best checkpoint tested), "
+             "`--seed_everything 0`, one thread. **The pick is the highest validation NDCG@10**; test NDCG@10 is "
+             "shown only to read what the pick is worth. Produced by `python experiments/real/ml100k_tune_report.py`.",
+             ""]
+    for model, r in reports.items():
+        pts = r["points"]
+        lines += [f"## {model}: {len(pts)} points done ({r['started']} started)", ""]
+        if not pts:
+            continue
+        lines += ["| rank (val) | lr | embed_dim | dropout | val NDCG@10 | test NDCG@10 | epochs | s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for i, p in enumerate(pts, 1):
+            test = f"{p['test_ndcg@10']:.4f}" if p["test_ndcg@10"] is not None else "n/a"
+            lines.append(f"| {i}{' (picked)' if i == 1 else ''} | {p['lr']:.5f} | {p['embed_dim']} | {p['dropout']} | "
+                         f"{p['val_ndcg@10']:.4f} | {test} | {p['epochs']} | {p['seconds']:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sweeps", default="runs/sweeps/ml100k_tune")
+    ap.add_argument("--models", nargs="+", default=None, help="sweep folders under --sweeps (default: all)")
+    ap.add_argument("--out", default="experiments/results/ml100k_tune")
+    args = ap.parse_args(argv)
+    base = ROOT / args.sweeps
+    names = args.models or sorted(p.parent.name for p in base.glob("*/sweep_summary.json"))
+    missing = [n for n in names if not (base / n / "sweep_summary.json").exists()]
+    if missing:
+        print(f"ml100k_tune_report: no sweep_summary.json under {base} for {', '.join(missing)} "
+              "(run `seminar-zoo sweep experiments/sweeps/ml100k_tune.yaml --out ...` first)", file=sys.stderr)
+        sys.exit(2)
+    reports = {n: model_report(base / n) for n in names}
+    out = ROOT / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(reports, indent=1))
+    md = render(reports)
+    out.with_suffix(".md").write_text(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

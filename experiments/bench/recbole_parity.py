@@ -176,7 +176,7 @@ def write(args, runs, dm) -> None:
             "n_test_lists": int(dm.split_sizes()["test"]), "load_avg": os.getloadavg()}
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
     lines = ["# RecBole 1.2.1 on our split and our candidates", "",
-             f"Data `{args.data}`, leave-one-out (our split; RecBole fed per-user ranks as timestamps), "
+             f"Data `{args.data}` (`seminar-zoo prepare movielens`; the text encoder does not enter RecBole), leave-one-out (our split; RecBole fed per-user ranks as timestamps), "
              f"max_len {args.max_len}, CE loss over all items, Adam lr {args.lr}, up to {args.epochs} epochs with "
              f"early stopping on RecBole's validation NDCG@10 (patience {args.stopping_step}), seeds {args.seeds}. "
              f"Scored by our metrics (tie-aware) on our {meta['n_test_lists']} test targets. "

@@ -82,3 +82,20 @@ def test_tune_report_picks_on_validation_not_test(tmp_path):
     with pytest.raises(SystemExit) as e:
         rep.main(["--sweeps", str(tmp_path), "--models", "absent", "--out", str(tmp_path / "o")])
     assert e.value.code == 2 and not (tmp_path / "o.md").exists()
+
+
+def test_ml100k_splices_the_peer_tables_per_protocol(tmp_path):
+    ml = _load("ml100k")
+    run = {"model": "GRU4Rec", "sampled": {"ndcg@10": 0.43, "hr@10": 0.7, "mrr": 0.36, "auc": 0.89},
+           "full": {"ndcg@10": 0.095, "hr@10": 0.18, "ndcg@50": 0.15, "hr@50": 0.44, "mrr": 0.085}}
+    peer = tmp_path / "peer.json"
+    peer.write_text(json.dumps({"meta": {"epochs": 100, "stopping_step": 10, "seeds": [0]}, "runs": [run]}))
+    md = tmp_path / "ml100k.md"
+    old = "Peer on the same split old\n\n| peer | n |\n|---|---|\n| RecBole GRU4Rec | 2 | 0.1 |\n"
+    md.write_text("# t\n\n## Ranking\n\nzoo\n\n" + old + "\n## Full\n\nzoo\n\n" + old + "\n## Reading\n")
+    ml.splice_peers(md, peer)
+    text = md.read_text()
+    ranking, full = text.split("## Full")
+    assert "| RecBole GRU4Rec | 1 | 0.4300 ± 0.0000 | 0.7000 ± 0.0000 |" in ranking and "0.1 |" not in ranking
+    assert "| RecBole GRU4Rec | 1 | 0.0950 ± 0.0000 | 0.1800 ± 0.0000 | 0.1500 ± 0.0000 |" in full
+    assert text.count("Peer on the same split") == 2 and text.endswith("## Reading\n") and "zoo" in full

@@ -198,7 +198,8 @@ def peer_rows(peer: dict, proto: str) -> str:
     cols = ["ndcg@10", "hr@10", "mrr", "auc"] if proto == "ranking" else ["ndcg@10", "hr@10", "ndcg@50", "hr@50", "mrr"]
     m = peer["meta"]
     lines = [f"Peer on the same split and candidates (`experiments/results/recbole_parity.md`; RecBole 1.2.1, CE "
-             f"loss, up to {m['epochs']} epochs, early stopping on its validation NDCG@10, seeds {m['seeds']}):", "",
+             f"loss, up to {m['epochs']} epochs, converged by early stopping on its validation NDCG@10 (patience "
+             f"{m.get('stopping_step', '?')}), seeds {m['seeds']}):", "",
              "| peer | n | " + " | ".join(c.upper().replace("HR", "HR").replace("NDCG", "NDCG") for c in cols) + " |",
              "|---|---|" + "---|" * len(cols)]
     for model in sorted({r["model"] for r in peer["runs"]}):
@@ -227,6 +228,28 @@ def splice_ablations(md: Path) -> None:
     else:
         start = end = text.index("## Coverage")
     md.write_text(text[:start] + "\n".join(ablation_section()) + "\n" + text[end:])
+
+
+def splice_peers(md: Path, peer_json: Path = ROOT / "experiments/results/recbole_parity.json") -> None:
+    """Regenerate the peer blocks of an existing ml100k.md (ranking, then full) from recbole_parity.json, leaving
+    every other line as it is (the runs behind the zoo's rows may be gone)."""
+    peer = json.loads(peer_json.read_text())
+    lines, out, k = md.read_text().split("\n"), [], 0
+    protos = ["ranking", "full"]
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("Peer on the same split") and k < len(protos):
+            j = i + 2  # the paragraph, a blank line, then the table up to the next blank line
+            while j < len(lines) and lines[j].strip():
+                j += 1
+            out += peer_rows(peer, protos[k]).split("\n")
+            k, i = k + 1, j
+            continue
+        out.append(lines[i])
+        i += 1
+    if k != len(protos):
+        raise ValueError(f"splice_peers: {md} has {k} peer blocks, expected {len(protos)}")
+    md.write_text("\n".join(out))
 
 
 def reading(runs: Path):
@@ -269,9 +292,14 @@ def main(argv=None):
     ap.add_argument("--table-only", action="store_true", help="only aggregate existing runs")
     ap.add_argument("--splice-ablations", action="store_true",
                     help="only refresh the recipe-ablation section of --out from experiments/results/ml100k_ablation.md")
+    ap.add_argument("--splice-peers", action="store_true",
+                    help="only refresh the RecBole peer tables of --out from experiments/results/recbole_parity.json")
     args = ap.parse_args(argv)
     if args.splice_ablations:
         splice_ablations(ROOT / args.out)
+        return 0
+    if args.splice_peers:
+        splice_peers(ROOT / args.out)
         return 0
 
     models = [m for m in MODELS if (ROOT / m[1]).exists() and (args.models is None or m[0] in args.models)]

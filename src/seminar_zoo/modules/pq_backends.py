@@ -218,7 +218,7 @@ class ByIdReranker:
     A behaviour's fused key is a sum of per-id keys (item, query, ...): the tables are stacked once into one
     float32 matrix, and a history becomes a row map ``[L, P]`` (:meth:`rows`, kept with the history's fast-scan
     index like the codes).  A request is then one gather of row ids, one faiss by-id inner-product call over the
-    C * P rows (no gathered copy of the keys) and a partial sort: ~8 us for C = 100 at d = 64, where
+    C * P rows (no gathered copy of the keys) and one sort of the pool: ~8 us for C = 100 at d = 64, where
     :func:`rerank_inner_product` spends ~11 us in per-table calls (experiments/results/retrieval.md).
     Without faiss, numpy gathers and multiplies (same answer)."""
 

@@ -33,8 +33,8 @@ Protocols (DESIGN.md, "Evaluation protocol"):
 
 A batch is a dict of tensors: ``item_id``, ``query_id``, ``label``, ``user_id``,
 ``request_id`` with shape [B]; ``hist_item_id``, ``hist_query_id``, ``hist_mask``,
-``hist_ts`` (the behaviours' ``ts``, 0 on padding; HSTU's time bias) with shape [B, L], L = min(max_len, the longest history in the batch),
-chronological and right-aligned (the most recent
+``hist_ts`` (the behaviours' ``ts``, 0 on padding; HSTU's time bias) with shape
+[B, L], L = min(max_len, the longest history in the batch), chronological and right-aligned (the most recent
 behaviour is at index -1; padding, id 0, on the left). Attributes and text/image
 embeddings are looked up by id from :meth:`feature_tables`, held by the model.
 """

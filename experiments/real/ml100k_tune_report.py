@@ -48,14 +48,18 @@ def shipped_point(model: str, seed: int = 0, path: Path = ROOT / "experiments/re
     return {"val_ndcg@10": runs[0]["best_val"]["score"], "test_ndcg@10": runs[0].get("test/ndcg@10")}
 
 
-def render(reports: dict) -> str:
+def render(reports: dict, budget: int = 12) -> str:
     lines = ["# ML-100K per-model tuning on validation (`experiments/sweeps/ml100k_tune.yaml`)", "",
              "Random search, the same seeded points for every model (`--seed 0 --max-runs 12`): lr log-uniform in "
              "[5e-4, 1e-2], embed_dim {32, 64}, dropout {0, 0.1, 0.2, 0.3}; each run trains with the recipe of "
              "`experiments/datasets/ml100k.yaml` (early stopping on validation NDCG@10, best checkpoint tested), "
              "`--seed_everything 0`, one thread. **The pick is the highest validation NDCG@10**; test NDCG@10 is "
              "shown only to read what the pick is worth. Produced by `python experiments/real/ml100k_tune_report.py`.",
-             ""]
+             "",
+             f"Budget {budget} points per model: " + ", ".join(
+                 f"{m} {len(r['points'])}/{budget}" for m, r in reports.items())
+             + ("" if all(len(r["points"]) >= budget for r in reports.values()) else
+                " (models under budget are not comparable with the others yet)") + ".", ""]
     for model, r in reports.items():
         pts = r["points"]
         lines += [f"## {model}: {len(pts)} points done ({r['started']} started)", ""]
@@ -82,6 +86,7 @@ def main(argv=None):
     ap.add_argument("--sweeps", default="runs/sweeps/ml100k_tune")
     ap.add_argument("--models", nargs="+", default=None, help="sweep folders under --sweeps (default: all)")
     ap.add_argument("--out", default="experiments/results/ml100k_tune")
+    ap.add_argument("--budget", type=int, default=12, help="points per model (the sweeps' --max-runs)")
     args = ap.parse_args(argv)
     base = ROOT / args.sweeps
     names = args.models or sorted(p.parent.name for p in base.glob("*/sweep_summary.json"))
@@ -96,7 +101,7 @@ def main(argv=None):
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(reports, indent=1))
-    md = render(reports)
+    md = render(reports, args.budget)
     out.with_suffix(".md").write_text(md + "\n")
     print(md)
 

@@ -33,6 +33,12 @@ KILLER = textwrap.dedent("""
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if trainer.current_epoch == self.epoch and batch_idx == self.batch:
                 os.kill(os.getpid(), self.sig)
+    class KillInValidation(Callback):
+        def __init__(self, epoch: int = 1, batch: int = 1, sig: int = 15):
+            self.epoch, self.batch, self.sig = epoch, batch, sig
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            if trainer.current_epoch == self.epoch and batch_idx == self.batch and not trainer.sanity_checking:
+                os.kill(os.getpid(), self.sig)
 """)
 
 
@@ -67,7 +73,7 @@ def _ckpt(path):
 def _best_state(run):
     """(best file name, best score, files in checkpoints/) as recorded by the monitored ModelCheckpoint."""
     c = _ckpt(run / "checkpoints" / "last.ckpt")
-    st = next(v for k, v in c["callbacks"].items() if "'monitor': 'val/auc'" in k)
+    st = next(v for k, v in c["callbacks"].items() if k.startswith("ModelCheckpoint") and "'monitor': 'val/auc'" in k)
     return os.path.basename(st["best_model_path"]), float(st["best_model_score"]), \
         sorted(p.name for p in (run / "checkpoints").iterdir())
 
@@ -95,6 +101,28 @@ def test_sigkill_then_resume_restores_best_checkpoint_exactly(tiny_data, tmp_pat
     m = json.loads((tmp_path / "b/metrics.json").read_text())
     assert m["checkpoint"].endswith(b[0]) and 0 <= m["test/auc"] <= 1
     assert not (tmp_path / "b/checkpoints/metrics.json").exists()
+
+
+def test_sigterm_during_validation_resumes_exactly_with_early_stopping(tiny_data, tmp_path):
+    """SIGTERM in the middle of epoch 1's validation: no mid-validation last.ckpt (Lightning would resume past
+    the epoch's training, skip the rest of its validation, and EarlyStopping would find no metric); the
+    resumed run redoes epoch 1 and ends bit-identical to an uninterrupted run."""
+    stop = {"class_path": "pytorch_lightning.callbacks.EarlyStopping",
+            "init_args": {"monitor": "val/auc", "mode": "max", "patience": 5}}
+    base = ["fit", "--model", "DIN", "--data.path", str(tiny_data), "--trainer.max_epochs", "3",
+            "--trainer.limit_train_batches", "6", "--data.eval_batch_size", "40", *SMALL[:4], *SMALL[6:]]
+    _cli(base + ["--trainer.default_root_dir", str(tmp_path / "a"), "--trainer.callbacks", json.dumps([stop])],
+         tmp_path)
+    kill = {"class_path": "killer.KillInValidation", "init_args": {"epoch": 1, "batch": 1}}
+    r = _cli(base + ["--trainer.default_root_dir", str(tmp_path / "b"), "--trainer.callbacks",
+                     json.dumps([kill, stop])], tmp_path, rc=143)
+    assert _ckpt(tmp_path / "b/checkpoints/last.ckpt")["epoch"] == 0 and "Traceback" not in r.stderr
+    _cli(base + ["--trainer.default_root_dir", str(tmp_path / "b"), "--trainer.callbacks", json.dumps([stop]),
+                 "--ckpt_path", "last"], tmp_path)
+    assert _best_state(tmp_path / "a") == _best_state(tmp_path / "b")
+    wa, wb = _ckpt(tmp_path / "a/checkpoints/last.ckpt"), _ckpt(tmp_path / "b/checkpoints/last.ckpt")
+    assert wa["epoch"] == wb["epoch"] == 2
+    assert all(torch.equal(wa["state_dict"][k], wb["state_dict"][k]) for k in wa["state_dict"])
 
 
 def test_sigterm_in_seminar_experiment_saves_stage_and_resumes(tiny_data, tmp_path):

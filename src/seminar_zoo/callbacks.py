@@ -94,6 +94,13 @@ class LastCheckpoint(ModelCheckpoint):
             return
         STOPPED["signal"] = sig
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            if trainer.validating:
+                # mid-validation: Lightning would resume past this epoch's training and skip the rest of its
+                # validation (an EarlyStopping check then finds no metric). Keep the previous epoch's last.ckpt:
+                # the resumed run redoes this epoch, exactly (data and negatives are functions of the epoch).
+                path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+                STOPPED["checkpoint"] = path if os.path.exists(path) else None
+                return
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             STOPPED["checkpoint"] = self.last_model_path
 

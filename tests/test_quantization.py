@@ -298,29 +298,6 @@ def test_faiss_scanner_single_and_batched_queries():
     assert d2.shape == (3, 5) and (i2[0] == sc.search_query(q[0], 5)[1]).all()
 
 
-def test_rerank_inner_product_matches_brute_force():
-    """Exact re-rank by ids (faiss path and numpy fallback) == brute-force top-k of the summed inner products."""
-    import numpy as np
-
-    from seminar_zoo.modules.pq_backends import rerank_inner_product
-
-    rng = np.random.default_rng(0)
-    items, queries = rng.standard_normal((500, 16)).astype(np.float32), rng.standard_normal((40, 16)).astype(np.float32)
-    ids, qids = rng.integers(0, 500, 300), rng.integers(0, 40, 300)
-    t = rng.standard_normal(16).astype(np.float32)
-    cand = rng.choice(300, 120, replace=False)
-    full = items[ids] @ t + queries[qids] @ t
-    want = cand[np.argsort(-full[cand])[:10]]
-    got = rerank_inner_product(t, [(items, ids), (queries, qids)], cand, 10)
-    assert got.tolist() == want.tolist()  # best first
-    # a non-contiguous table takes the numpy path: same answer
-    got_np = rerank_inner_product(t, [(np.asfortranarray(items), ids), (queries, qids)], cand, 10)
-    assert got_np.tolist() == want.tolist()
-    # fewer candidates than k: all of them, ordered
-    assert rerank_inner_product(t, [(items, ids), (queries, qids)], cand[:5], 10).tolist() == \
-        cand[:5][np.argsort(-full[cand[:5]])].tolist()
-
-
 @pytest.mark.parametrize("n_cand", [120, 400])  # the small-pool full sort and the partition path
 def test_by_id_reranker_matches_brute_force(n_cand):
     """ByIdReranker (stacked tables, a history's row map, one by-id call) == brute-force top-k of the summed

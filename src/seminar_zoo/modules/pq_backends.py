@@ -185,33 +185,6 @@ def _top_rows(s: np.ndarray, cand: np.ndarray, k: int, order: str = "score") -> 
     return cand[top[np.argsort(-s[top], kind="stable")]] if order == "score" else np.sort(cand[top])
 
 
-def rerank_inner_product(query: np.ndarray, parts, cand: np.ndarray, k: int) -> np.ndarray:
-    """Exact re-rank of candidate rows: score ``sum_p <query, table_p[ids_p[cand]]>`` for ``parts`` =
-    [(table_p [N_p, d] float32, ids_p [L] int64), ...] (e.g. the per-item and the per-query fused GSU keys and a
-    history's item and query ids) -> the top-``k`` rows of ``cand``, best first.
-
-    The inner products run in faiss (``fvec_inner_products_by_idx``: no gathered copy of the keys), which at a
-    few hundred candidates is ~3x faster than a numpy gather + matvec; numpy when faiss is missing.  Serving
-    re-ranks many requests of one history against the same tables: :class:`ByIdReranker` is the lean form."""
-    cand = np.ascontiguousarray(cand, dtype=np.int64)
-    query = np.ascontiguousarray(query, dtype=np.float32)
-    s = np.zeros(len(cand), np.float32)
-    try:
-        import faiss
-    except ImportError:
-        faiss = None
-    for table, ids in parts:
-        rows = np.ascontiguousarray(ids[cand], dtype=np.int64)
-        if faiss is not None and table.dtype == np.float32 and table.flags.c_contiguous:
-            ip = np.empty(len(cand), np.float32)
-            faiss.fvec_inner_products_by_idx(faiss.swig_ptr(ip), faiss.swig_ptr(query), faiss.swig_ptr(table),
-                                             faiss.swig_ptr(rows), table.shape[1], 1, len(cand))
-            s += ip
-        else:
-            s += table[rows] @ query
-    return _top_rows(s, cand, k)
-
-
 class ByIdReranker:
     """The exact second stage of the GSU (Sec. 3.4: PQ top R*K, then exact scores) for serving.
 
@@ -219,7 +192,7 @@ class ByIdReranker:
     float32 matrix, and a history becomes a row map ``[L, P]`` (:meth:`rows`, kept with the history's fast-scan
     index like the codes).  A request is then one gather of row ids, one faiss by-id inner-product call over the
     C * P rows (no gathered copy of the keys) and one sort of the pool: ~8 us for C = 100 at d = 64, where
-    :func:`rerank_inner_product` spends ~11 us in per-table calls (experiments/results/retrieval.md).
+    one call per table spent ~11 us (experiments/results/retrieval.md).
     Without faiss, numpy gathers and multiplies (same answer)."""
 
     def __init__(self, tables):

@@ -65,20 +65,32 @@ def test_tune_report_picks_on_validation_not_test(tmp_path):
     rep = _load("ml100k_tune_report")
     folder = tmp_path / "sasrec"
     points = []
-    for i, (val, test) in enumerate(((0.50, 0.45), (0.52, 0.40), (0.48, 0.47))):
+    # r1 is the best on validation, r2 on test; r3 (better still on validation) lies beyond a budget of 3
+    for i, (val, test) in enumerate(((0.50, 0.45), (0.52, 0.40), (0.48, 0.47), (0.60, 0.50))):
         run = folder / f"r{i}"
         run.mkdir(parents=True)
-        (run / "metrics.json").write_text(json.dumps({"test/ndcg@10": test, "epochs": 5}))
+        (run / "metrics.json").write_text(json.dumps({"test/ndcg@10": test, "epochs": 5, "fit_seconds": 9.0}))
         points.append({"name": f"r{i}", "status": "done", "run_dir": str(run), "seconds": 10.0,
                        "metric": {"monitor": "val/ndcg@10", "score": val},
                        "parameters": {"model.init_args.lr": 0.001 * (i + 1), "model.init_args.embed_dim": 32,
                                       "model.init_args.dropout": 0.1}})
-    points.append({"name": "r3", "status": "running", "run_dir": str(folder / "r3"), "parameters": {}})
+    points[0].update(status="skipped", seconds=None)  # finished by an earlier invocation: still counts
+    points.append({"name": "r4", "status": "running", "run_dir": str(folder / "r4"), "parameters": {}})
     (folder / "sweep_summary.json").write_text(json.dumps({"seed": 0, "points": points}))
-    r = rep.model_report(folder)
-    assert [p["name"] for p in r["points"]] == ["r1", "r0", "r2"]  # by validation score; unfinished left out
+    r = rep.model_report(folder, budget=3)
+    # in-budget points by validation score, then the one beyond the budget; unfinished left out
+    assert [p["name"] for p in r["points"]] == ["r1", "r0", "r2", "r3"] and r["in_budget"] == 3
     assert r["picked"]["name"] == "r1" and r["picked"]["test_ndcg@10"] == 0.40  # not the best test point
-    assert "| 1 (picked) | 0.00200 |" in rep.render({"sasrec": r})
+    assert r["points"][1]["seconds"] == 9.0  # a skipped point's time comes from its metrics.json
+    md = rep.render({"sasrec": r}, budget=3)
+    assert "| 1 (picked) | 0.00200 |" in md and "| - (beyond the budget) | 0.00400 |" in md
+    assert rep.model_report(folder, budget=4)["picked"]["name"] == "r3"
+    assert rep.model_report(folder, budget=5)["picked"] is None  # r4 unfinished: no pick under budget
+    rep.main(["--sweeps", str(tmp_path), "--budget", "3", "--out", str(tmp_path / "rep"),
+              "--write-configs", str(tmp_path / "tuned")])
+    import yaml
+    overlay = yaml.safe_load((tmp_path / "tuned" / "sasrec.yaml").read_text())
+    assert overlay == {"model": {"init_args": {"lr": 0.002, "embed_dim": 32, "dropout": 0.1}}}
     with pytest.raises(SystemExit) as e:
         rep.main(["--sweeps", str(tmp_path), "--models", "absent", "--out", str(tmp_path / "o")])
     assert e.value.code == 2 and not (tmp_path / "o.md").exists()
@@ -99,3 +111,16 @@ def test_ml100k_splices_the_peer_tables_per_protocol(tmp_path):
     assert "| RecBole GRU4Rec | 1 | 0.4300 ± 0.0000 | 0.7000 ± 0.0000 |" in ranking and "0.1 |" not in ranking
     assert "| RecBole GRU4Rec | 1 | 0.0950 ± 0.0000 | 0.1800 ± 0.0000 | 0.1500 ± 0.0000 |" in full
     assert text.count("Peer on the same split") == 2 and text.endswith("## Reading\n") and "zoo" in full
+
+
+def test_ml100k_uses_the_tuned_overlay_under_ranking_only(tmp_path, monkeypatch):
+    ml = _load("ml100k")
+    monkeypatch.setattr(ml, "ROOT", tmp_path)
+    assert ml.hyper_overrides("SASRec", "ranking") == ml.COMMON  # no overlay yet: the common lr
+    (tmp_path / ml.TUNED).mkdir(parents=True)
+    (tmp_path / ml.TUNED / "seminar.yaml").write_text("model:\n  init_args:\n    lr: 0.002\n")
+    want = ["--config", f"{ml.TUNED}/seminar.yaml"]
+    assert ml.hyper_overrides("SEMINAR", "ranking") == want and ml.hyper_overrides("SEMINAR-pq", "ranking") == want
+    assert ml.hyper_overrides("SEMINAR", "ctr") == ml.COMMON  # CTR was not tuned
+    assert ml.hyper_overrides("SASRec", "ranking") == ml.COMMON
+    assert "for SEMINAR, SEMINAR-pq under the ranking protocol" in ml.hyper_text()

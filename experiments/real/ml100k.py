@@ -41,6 +41,20 @@ TOPK = ["--model.init_args.topk", "20"]
 # Every model: lr 0.005 instead of the configs' 0.001 (each item embedding gets few sparse updates
 # on this small dataset; the tuning sweep experiments/sweeps/ml100k_tune.yaml searches around it).
 COMMON = ["--model.init_args.lr", "0.005"]
+# ... unless the tuning sweep has picked the model's lr / embed_dim / dropout on validation: then its overlay
+# (experiments/real/ml100k_tune_report.py --write-configs) replaces COMMON under the ranking protocol (and so
+# for the full-ranking test of the same checkpoints); the CTR protocol keeps COMMON (it was not tuned).
+TUNED = "experiments/tuned/ml100k"
+TUNED_NAME = {"SASRec": "sasrec", "HSTU": "hstu", "DIN": "din", "SEMINAR": "seminar", "SEMINAR-pq": "seminar",
+              "SIM": "sim", "ETA": "eta", "TWIN": "twin", "SDIM": "sdim"}
+
+
+def hyper_overrides(label: str, proto: str) -> list:
+    """The tuned overlay of ``label`` for ``proto`` if one exists, else COMMON."""
+    overlay = ROOT / TUNED / f"{TUNED_NAME.get(label, '-')}.yaml"
+    if proto == "ranking" and overlay.exists():
+        return ["--config", str(overlay.relative_to(ROOT))]
+    return list(COMMON)
 # Target-attention models score each (history, target) pair, so an epoch over all ~97k training
 # targets costs 30-200 s on 2 CPU cores; each of their epochs is a fresh seeded random 20% of the
 # targets (Lightning's limit_train_batches over the shuffled sampler), so early stopping gets a
@@ -134,7 +148,7 @@ def _run_one(args, proto, spec, seed, label, cfg, extra, env, failures):
             extra += CTR_EXTRA.get(label, [])
         # --overwrite: a folder without metrics.json is an interrupted run; start it over
         cmd = [BIN, "experiment", "--overwrite", "--config", cfg, "--config", "experiments/datasets/ml100k.yaml",
-               *spec["configs"], "--data.path", spec["data"], *COMMON,
+               *spec["configs"], "--data.path", spec["data"], *hyper_overrides(label, proto),
                "--run_dir", run, "--name", label, "--seed_everything", seed,
                "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", args.epochs, *extra,
                *args.extra]
@@ -148,6 +162,16 @@ def _run_one(args, proto, spec, seed, label, cfg, extra, env, failures):
     if rc:
         tail = (run / "log.txt").read_text().strip().splitlines()[-1:] or [""]
         failures.append(f"{label} ({proto}, seed {seed}): exit {rc}: {tail[0][:200]}")
+
+
+def hyper_text() -> str:
+    tuned = sorted({lab for lab, name in TUNED_NAME.items() if (ROOT / TUNED / f"{name}.yaml").exists()})
+    if not tuned:
+        return "Model hyper-parameters: each model's own YAML, except lr = 0.005 for every model,"
+    return (f"Model hyper-parameters: lr, embed_dim and dropout picked on validation by the tuning sweep, the same "
+            f"budget for every model (`experiments/results/ml100k_tune.md`; overlays `{TUNED}/<model>.yaml`) for "
+            f"{', '.join(tuned)} under the ranking protocol; otherwise (and under CTR) each model's own YAML with "
+            "lr = 0.005;")
 
 
 def run_all(args, models):
@@ -336,7 +360,7 @@ def main(argv=None):
               "(`all_positions`, `loss: full_softmax`, `train_stride: max_len`). Target-attention models (DIN, SIM, "
               "ETA, SDIM, TWIN, SEMINAR): binary cross-entropy against 1 sampled unseen negative per target, each "
               "epoch a seeded random 20% of the ~97k training targets (`--trainer.limit_train_batches 0.2`). "
-              "Model hyper-parameters: each model's own YAML, except lr = 0.005 for every model, topk = 20 for the "
+              + hyper_text() + " topk = 20 for the "
               "two-stage models (SIM, ETA, TWIN, SEMINAR) so that their search stage keeps 20 of the 50 behaviours, "
               "and SIM's category attribute = attr_genre1 (first genre). SEMINAR-pq restores the PSU that the "
               "SEMINAR (exact) run of the same seed pretrained, then finetunes like it; only the test-time GSU "

@@ -1,10 +1,15 @@
 """Report of the per-model tuning sweeps (experiments/sweeps/ml100k_tune.yaml, issue 12 item 2).
 
     python experiments/real/ml100k_tune_report.py [--sweeps runs/sweeps/ml100k_tune] [--models sasrec hstu]
+        [--budget 6] [--write-configs experiments/tuned/ml100k]
 
 Reads each model's ``sweep_summary.json`` (written by ``seminar-zoo sweep``) and the runs' metrics.json; the
 point is picked on validation NDCG@10 (``best_val``, the checkpoint monitor), never on test; test NDCG@10 is
-shown beside it only to read what the pick is worth. Writes experiments/results/ml100k_tune.{md,json}.
+shown beside it only to read what the pick is worth. The budget is the same for every model: the pick is
+made among the sweep's first ``--budget`` points (a seeded random sweep draws the same points in the same
+order for every model, so a model swept further keeps its extra points in the table, outside the pick).
+Writes experiments/results/ml100k_tune.{md,json} and, with ``--write-configs``, one overlay per model whose
+budget is complete, holding only the picked values (``experiments/real/ml100k.py`` applies it).
 """
 from __future__ import annotations
 
@@ -17,24 +22,28 @@ ROOT = Path(__file__).resolve().parents[2]
 SHORT = {"model.init_args.lr": "lr", "model.init_args.embed_dim": "embed_dim", "model.init_args.dropout": "dropout"}
 
 
-def model_report(folder: Path) -> dict:
-    """One model's sweep -> {"points": [...] sorted by validation score, "picked": the best one}."""
+def model_report(folder: Path, budget: int = 6) -> dict:
+    """One model's sweep -> {"points": [...] sorted by validation score, "picked": the best of the first
+    ``budget`` points (None until all of them are done), "in_budget": how many of them are done}."""
     summary = json.loads((folder / "sweep_summary.json").read_text())
     points = []
-    for p in summary["points"]:
-        if p.get("status") != "done" or p.get("metric", {}).get("score") is None:
+    for index, p in enumerate(summary["points"]):
+        # "skipped": finished by an earlier invocation of the same sweep (its metrics.json is reused)
+        if p.get("status") not in ("done", "skipped") or p.get("metric", {}).get("score") is None:
             continue
         run = Path(p["run_dir"])
         run = run if run.is_absolute() else ROOT / run
         rec = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
-        points.append({"name": p["name"], **{SHORT.get(k, k): v for k, v in p["parameters"].items()},
+        points.append({"name": p["name"], "index": index, **{SHORT.get(k, k): v for k, v in p["parameters"].items()},
                        "val_ndcg@10": p["metric"]["score"], "test_ndcg@10": rec.get("test/ndcg@10"),
-                       "epochs": rec.get("epochs"), "seconds": p.get("seconds")})
-    points.sort(key=lambda r: -r["val_ndcg@10"])
+                       "epochs": rec.get("epochs"), "seconds": p.get("seconds") or rec.get("fit_seconds"),
+                       "in_budget": index < budget})
+    points.sort(key=lambda r: (not r["in_budget"], -r["val_ndcg@10"]))
+    done = sum(p["in_budget"] for p in points)
     ov = summary.get("overrides", [])
     run_seed = int(ov[ov.index("--seed_everything") + 1]) if "--seed_everything" in ov[:-1] else None
     return {"seed": summary.get("seed"), "run_seed": run_seed, "started": len(summary["points"]), "points": points,
-            "picked": points[0] if points else None}
+            "in_budget": done, "picked": points[0] if points and done >= budget else None}
 
 
 def shipped_point(model: str, seed: int = 0, path: Path = ROOT / "experiments/results/ml100k_ablation.json"):
@@ -48,37 +57,57 @@ def shipped_point(model: str, seed: int = 0, path: Path = ROOT / "experiments/re
     return {"val_ndcg@10": runs[0]["best_val"]["score"], "test_ndcg@10": runs[0].get("test/ndcg@10")}
 
 
-def render(reports: dict, budget: int = 12) -> str:
+def render(reports: dict, budget: int = 6) -> str:
     lines = ["# ML-100K per-model tuning on validation (`experiments/sweeps/ml100k_tune.yaml`)", "",
-             "Random search, the same seeded points for every model (`--seed 0 --max-runs 12`): lr log-uniform in "
+             f"Random search, the same seeded points for every model (`--seed 0 --max-runs {budget}`): lr log-uniform in "
              "[5e-4, 1e-2], embed_dim {32, 64}, dropout {0, 0.1, 0.2, 0.3}; each run trains with the recipe of "
              "`experiments/datasets/ml100k.yaml` (early stopping on validation NDCG@10, best checkpoint tested), "
              "`--seed_everything 0`, one thread. **The pick is the highest validation NDCG@10**; test NDCG@10 is "
              "shown only to read what the pick is worth. Produced by `python experiments/real/ml100k_tune_report.py`.",
              "",
-             f"Budget {budget} points per model: " + ", ".join(
-                 f"{m} {len(r['points'])}/{budget}" for m, r in reports.items())
-             + ("" if all(len(r["points"]) >= budget for r in reports.values()) else
-                " (models under budget are not comparable with the others yet)") + ".", ""]
+             f"Budget {budget} points per model (the pick is made among the first {budget} seeded points, the "
+             "same for every model; points a model was swept beyond them are listed below its budget, unused): "
+             + ", ".join(f"{m} {r['in_budget']}/{budget}" for m, r in reports.items())
+             + ("" if all(r["in_budget"] >= budget for r in reports.values()) else
+                " (a model under budget has no pick yet)") + ".", ""]
     for model, r in reports.items():
         pts = r["points"]
-        lines += [f"## {model}: {len(pts)} points done ({r['started']} started)", ""]
+        lines += [f"## {model}: {r['in_budget']}/{budget} budget points done ({len(pts)} done, {r['started']} started)",
+                  ""]
         if not pts:
             continue
         lines += ["| rank (val) | lr | embed_dim | dropout | val NDCG@10 | test NDCG@10 | epochs | s |",
                   "|---|---|---|---|---|---|---|---|"]
         for i, p in enumerate(pts, 1):
             test = f"{p['test_ndcg@10']:.4f}" if p["test_ndcg@10"] is not None else "n/a"
-            lines.append(f"| {i}{' (picked)' if i == 1 else ''} | {p['lr']:.5f} | {p['embed_dim']} | {p['dropout']} | "
+            mark = (" (picked)" if p is r["picked"] else "") if p["in_budget"] else " (beyond the budget)"
+            rank = str(i) if p["in_budget"] else "-"
+            lines.append(f"| {rank}{mark} | {p['lr']:.5f} | {p['embed_dim']} | {p['dropout']} | "
                          f"{p['val_ndcg@10']:.4f} | {test} | {p['epochs']} | {p['seconds']:.0f} |")
         ship = r.get("shipped")
-        if ship:
+        if ship and r["picked"]:
             lines += ["", f"Shipped config (lr 0.005 as in ml100k.md, its YAML's embed_dim and dropout), same data and "
                       f"seed ({'`experiments/results/ml100k_ablation.md`'}): val {ship['val_ndcg@10']:.4f}, test "
-                      f"{ship['test_ndcg@10']:.4f}; the pick: val {pts[0]['val_ndcg@10']:.4f}, test "
-                      f"{pts[0]['test_ndcg@10']:.4f}."]
+                      f"{ship['test_ndcg@10']:.4f}; the pick: val {r['picked']['val_ndcg@10']:.4f}, test "
+                      f"{r['picked']['test_ndcg@10']:.4f}."]
         lines.append("")
     return "\n".join(lines)
+
+
+def write_overlay(folder: Path, model: str, picked: dict, budget: int) -> Path:
+    """The picked values as a config overlay (model.init_args only), atomically."""
+    path = folder / f"{model}.yaml"
+    text = (f"# ML-100K values for {model}, picked on validation NDCG@10 among the first {budget} points of\n"
+            f"# experiments/sweeps/ml100k_tune.yaml (point {picked['name']}: val {picked['val_ndcg@10']:.4f}).\n"
+            "# Written by experiments/real/ml100k_tune_report.py --write-configs; an overlay that goes after the\n"
+            "# model's config and experiments/datasets/ml100k.yaml (experiments/real/ml100k.py adds it).\n"
+            "model:\n  init_args:\n"
+            f"    lr: {picked['lr']:.6g}\n    embed_dim: {int(picked['embed_dim'])}\n    dropout: {picked['dropout']}\n")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
 
 
 def main(argv=None):
@@ -86,7 +115,10 @@ def main(argv=None):
     ap.add_argument("--sweeps", default="runs/sweeps/ml100k_tune")
     ap.add_argument("--models", nargs="+", default=None, help="sweep folders under --sweeps (default: all)")
     ap.add_argument("--out", default="experiments/results/ml100k_tune")
-    ap.add_argument("--budget", type=int, default=12, help="points per model (the sweeps' --max-runs)")
+    ap.add_argument("--budget", type=int, default=6, help="points per model: the pick is made among each sweep's "
+                    "first BUDGET points (at most the sweeps' --max-runs)")
+    ap.add_argument("--write-configs", default=None, metavar="DIR",
+                    help="write DIR/<model>.yaml holding the picked lr/embed_dim/dropout of each complete model")
     args = ap.parse_args(argv)
     base = ROOT / args.sweeps
     names = args.models or sorted(p.parent.name for p in base.glob("*/sweep_summary.json"))
@@ -95,7 +127,10 @@ def main(argv=None):
         print(f"ml100k_tune_report: no sweep_summary.json under {base} for {', '.join(missing)} "
               "(run `seminar-zoo sweep experiments/sweeps/ml100k_tune.yaml --out ...` first)", file=sys.stderr)
         sys.exit(2)
-    reports = {n: model_report(base / n) for n in names}
+    if args.budget < 1:
+        print(f"ml100k_tune_report: --budget must be >= 1 (got {args.budget})", file=sys.stderr)
+        sys.exit(2)
+    reports = {n: model_report(base / n, args.budget) for n in names}
     for n, r in reports.items():
         r["shipped"] = shipped_point(n, r["run_seed"]) if r["run_seed"] is not None else None
     out = ROOT / args.out
@@ -104,6 +139,10 @@ def main(argv=None):
     md = render(reports, args.budget)
     out.with_suffix(".md").write_text(md + "\n")
     print(md)
+    if args.write_configs:
+        for n, r in reports.items():
+            if r["picked"]:
+                print(f"wrote {write_overlay(ROOT / args.write_configs, n, r['picked'], args.budget)}")
 
 
 if __name__ == "__main__":

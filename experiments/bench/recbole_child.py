@@ -24,6 +24,46 @@ from recbole.data.interaction import Interaction  # noqa: E402
 from recbole.utils import get_model, get_trainer, init_seed  # noqa: E402
 
 
+def resume_if_interrupted(trainer, last: Path) -> dict:
+    """Per-epoch resume for long peer runs (RecBole SASRec on one CPU thread takes hours; a session can
+    end mid-run). RecBole saves a checkpoint only when validation improves; here, at the start of every
+    epoch after the first, the trainer's whole state after the previous epoch's validation (weights,
+    optimizer, patience counter, best score and the best model's file, global RNG states) is written to
+    ``last``, and a later run of the same job continues from it. Not bit-identical to an uninterrupted
+    run (RecBole's data loader keeps its own shuffling generator, which is not saved), the same recipe."""
+    import random
+
+    state = {}
+    if last.exists():
+        ck = torch.load(last, map_location="cpu")
+        trainer.resume_checkpoint(last)  # weights, optimizer, start_epoch, cur_step, best score
+        trainer.saved_model_file = ck["best_file"]  # resume_checkpoint points it at `last`
+        trainer.best_valid_result = ck["best_valid_result"]
+        torch.set_rng_state(ck["rng"]["torch"])
+        np.random.set_state(ck["rng"]["numpy"])
+        random.setstate(ck["rng"]["python"])
+        state = {"best_valid_result": ck["best_valid_result"], "fit_seconds": ck["fit_seconds"]}
+        print(f"resumed from {last} at epoch {trainer.start_epoch} (best so far {trainer.best_valid_score})",
+              flush=True)
+    train_epoch, t_start, before = trainer._train_epoch, time.time(), state.get("fit_seconds", 0.0)
+
+    def train_epoch_saving_last(train_data, epoch_idx, *a, **kw):
+        if epoch_idx > trainer.start_epoch:  # the previous epoch and its validation are complete
+            ck = {"config": trainer.config, "epoch": epoch_idx - 1, "cur_step": trainer.cur_step,
+                  "best_valid_score": trainer.best_valid_score, "state_dict": trainer.model.state_dict(),
+                  "other_parameter": trainer.model.other_parameter(), "optimizer": trainer.optimizer.state_dict(),
+                  "best_file": trainer.saved_model_file, "best_valid_result": trainer.best_valid_result,
+                  "fit_seconds": before + time.time() - t_start,
+                  "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
+            tmp = last.with_suffix(".tmp")
+            torch.save(ck, tmp, pickle_protocol=4)
+            tmp.replace(last)
+        return train_epoch(train_data, epoch_idx, *a, **kw)
+
+    trainer._train_epoch = train_epoch_saving_last
+    return state
+
+
 def main(job_dir: str) -> None:
     job_dir = Path(job_dir)
     job = json.loads((job_dir / "job.json").read_text())
@@ -46,9 +86,11 @@ def main(job_dir: str) -> None:
     train, valid, test = data_preparation(config, dataset)
     model = get_model(config["model"])(config, train.dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    resumed = resume_if_interrupted(trainer, job_dir / "saved" / "last.pth")
     t0 = time.time()
     best_valid, valid_result = trainer.fit(train, valid, saved=True, show_progress=False)
-    fit_s = time.time() - t0
+    valid_result = valid_result if valid_result is not None else resumed.get("best_valid_result")
+    fit_s = time.time() - t0 + resumed.get("fit_seconds", 0.0)
     test_result = trainer.evaluate(test, load_best_model=True, show_progress=False)
     model.eval()
 

@@ -9,6 +9,9 @@ Why a bridge and not RecBole's own numbers:
   and against every unseen item (full ranking), from ``full_sort_predict`` on our histories.
 RecBole's own full-ranking test numbers are recorded beside ours as a sanity check.
 
+A job interrupted mid-training (`--work`) continues from its last finished epoch (see
+``recbole_child.resume_if_interrupted``).
+
 RecBole needs numpy<2 and installs into its own virtual environment (``--setup`` creates
 ``.venv-recbole``: torch CPU, numpy<2, recbole==1.2.1); the model runs there
 (``recbole_child.py``), this script prepares the data and computes the metrics.
@@ -133,19 +136,25 @@ def main(argv=None) -> None:
                 if done.exists():  # finished in an earlier invocation with --work
                     runs.append(json.loads(done.read_text()))
                     continue
-                if job_dir.exists():
-                    import shutil
-
-                    shutil.rmtree(job_dir)
-                job_dir.mkdir()
-                np.save(job_dir / "histories.npy", hist)
                 job = {"data_path": str(work / "atomic"), "dataset": "ours", "model": model, "seed": seed,
                        "epochs": args.epochs, "stopping_step": args.stopping_step, "lr": args.lr,
                        "max_len": args.max_len, "n_items": n_items}
-                (job_dir / "job.json").write_text(json.dumps(job))
+                # an interrupted job of the same settings continues from its last epoch (recbole_child.py)
+                resume = (job_dir / "saved" / "last.pth").exists() and (job_dir / "job.json").exists() \
+                    and json.loads((job_dir / "job.json").read_text()) == job
+                if job_dir.exists() and not resume:
+                    import shutil
+
+                    shutil.rmtree(job_dir)
+                if resume:
+                    print(f"{model} seed {seed}: resuming the interrupted job in {job_dir}", flush=True)
+                else:
+                    job_dir.mkdir()
+                    np.save(job_dir / "histories.npy", hist)
+                    (job_dir / "job.json").write_text(json.dumps(job))
                 t0 = time.time()
                 env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-                with open(job_dir / "child.log", "w") as log:  # RecBole also writes log/ into its cwd
+                with open(job_dir / "child.log", "a" if resume else "w") as log:  # RecBole also writes log/ into its cwd
                     rc = subprocess.run([str(py), str(ROOT / "experiments/bench/recbole_child.py"), str(job_dir)],
                                         env=env, cwd=job_dir, stdout=log, stderr=subprocess.STDOUT).returncode
                 if rc:

@@ -124,3 +124,20 @@ def test_ml100k_uses_the_tuned_overlay_under_ranking_only(tmp_path, monkeypatch)
     assert ml.hyper_overrides("SEMINAR", "ctr") == ml.COMMON  # CTR was not tuned
     assert ml.hyper_overrides("SASRec", "ranking") == ml.COMMON
     assert "for SEMINAR, SEMINAR-pq under the ranking protocol" in ml.hyper_text()
+
+
+def test_ml100k_jobs_split_models_by_cost_and_keep_seminar_pq_with_seminar():
+    ml = _load("ml100k")
+    labels = [m[0] for m in ml.MODELS]
+    groups = ml.shard_models(labels, 2)
+    assert sorted(sum(groups, [])) == sorted(labels)  # every model once
+    g = next(g for g in groups if "SEMINAR" in g)
+    assert "SEMINAR-pq" in g and g.index("SEMINAR") < g.index("SEMINAR-pq")
+    loads = [sum(ml.COST[x] for x in g) for g in groups]
+    assert max(loads) - min(loads) <= max(ml.COST.values())  # greedy longest-first: within one job
+    assert ml.shard_models(["SEMINAR-pq", "DIN", "SEMINAR"], 3)[0:3].count([]) == 1  # one unit of two
+    assert ml.worker_argv(["--seeds", "0", "1", "--jobs", "2", "--models", "DIN", "SIM", "--force-prepare",
+                           "--runs", "r", "--extra", "--models", "x", "--jobs", "3"]) == \
+        ["--seeds", "0", "1", "--runs", "r", "--extra", "--models", "x", "--jobs", "3"]
+    assert ml.worker_argv(["--jobs=2", "--models=DIN", "--epochs", "3"]) == ["--epochs", "3"]
+    assert ml.main(["--jobs", "0"]) == 2

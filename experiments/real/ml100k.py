@@ -174,6 +174,78 @@ def hyper_text() -> str:
             "lr = 0.005;")
 
 
+# Rough cost of one seed of a model on 2 CPU cores (ranking fit + full-ranking test + ctr fit, seconds, from
+# the table's own fit and test times); only used to balance --jobs. SEMINAR-pq stays with SEMINAR (it
+# restores the PSU that SEMINAR's run of the same seed pretrained).
+COST = {"DIN": 820, "TWIN": 760, "SEMINAR": 250, "SEMINAR-pq": 280, "ETA": 290, "SDIM": 280, "HSTU": 320,
+        "SIM": 210, "SASRec": 300, "Popularity": 20}
+
+
+def shard_models(labels, n: int):
+    """Split model labels into n groups of similar total COST (longest first, each to the lightest group);
+    SEMINAR and SEMINAR-pq form one unit, in that order."""
+    units = []
+    for lab in labels:
+        if lab == "SEMINAR-pq" and ["SEMINAR"] in units:
+            units[units.index(["SEMINAR"])].append(lab)
+        elif lab == "SEMINAR" and ["SEMINAR-pq"] in units:
+            units[units.index(["SEMINAR-pq"])].insert(0, lab)
+        else:
+            units.append([lab])
+    groups, load = [[] for _ in range(n)], [0] * n
+    for unit in sorted(units, key=lambda u: -sum(COST.get(x, 300) for x in u)):
+        i = load.index(min(load))
+        groups[i] += unit
+        load[i] += sum(COST.get(x, 300) for x in unit)
+    return [[lab for lab in labels if lab in g] for g in groups]  # each group in the table's order
+
+
+def worker_argv(argv):
+    """The parent's arguments for a --jobs worker: without --jobs, --models (the worker gets its group) and
+    --force-prepare (the parent has prepared); --extra and what follows it are passed through untouched."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--extra":
+            return out + argv[i:]
+        if a == "--jobs":
+            i += 2
+            continue
+        if a == "--models":
+            i += 1
+            while i < len(argv) and not argv[i].startswith("--"):
+                i += 1
+            continue
+        i += 1
+        if a.startswith(("--jobs=", "--models=")) or a == "--force-prepare":
+            continue
+        out.append(a)
+    return out
+
+
+def run_sharded(args, argv, models):
+    """--jobs N: N copies of this script on disjoint model groups (one thread each), all seeds and protocols;
+    each records its failures beside the runs; the table is written here afterwards."""
+    groups = [g for g in shard_models([m[0] for m in models], args.jobs) if g]
+    rest = worker_argv(argv)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs = []
+    for k, g in enumerate(groups):
+        fail = ROOT / args.runs / f"failures-shard{k}.json"
+        fail.unlink(missing_ok=True)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--models", *g, "--shard-failures", str(fail), *rest]
+        print(f"[jobs] shard {k}: {' '.join(g)}", flush=True)
+        procs.append((subprocess.Popen(cmd, env=env), fail, g))
+    failures = []
+    for proc, fail, g in procs:
+        rc = proc.wait()
+        if fail.exists():
+            failures += json.loads(fail.read_text())
+        elif rc:
+            failures.append(f"shard {' '.join(g)}: exit {rc}")
+    return failures
+
+
 def run_all(args, models):
     env = dict(os.environ)
     env.setdefault("WANDB_MODE", "disabled")
@@ -314,6 +386,9 @@ def main(argv=None):
     ap.add_argument("--force-prepare", action="store_true")
     ap.add_argument("--out", default="experiments/results/ml100k.md")
     ap.add_argument("--table-only", action="store_true", help="only aggregate existing runs")
+    ap.add_argument("--jobs", type=int, default=1, help="run the models in N parallel processes of one thread "
+                    "each (disjoint model groups balanced by cost; 2 on a 2-core machine), then write the table")
+    ap.add_argument("--shard-failures", default=None, help=argparse.SUPPRESS)  # set by --jobs for its workers
     ap.add_argument("--splice-ablations", action="store_true",
                     help="only refresh the recipe-ablation section of --out from experiments/results/ml100k_ablation.md")
     ap.add_argument("--splice-peers", action="store_true",
@@ -328,9 +403,22 @@ def main(argv=None):
 
     models = [m for m in MODELS if (ROOT / m[1]).exists() and (args.models is None or m[0] in args.models)]
     missing = [m[0] for m in MODELS if not (ROOT / m[1]).exists()]
+    if args.jobs < 1:
+        print(f"ml100k.py: --jobs must be >= 1 (got {args.jobs})", file=sys.stderr)
+        return 2
     t0 = time.time()
     enc = prepare(args) if not args.table_only else "see meta.json"
-    failures = [] if args.table_only else run_all(args, models)
+    if args.shard_failures:  # a --jobs worker: its runs only, the parent writes the table
+        failures = run_all(args, models)
+        Path(args.shard_failures).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.shard_failures).write_text(json.dumps(failures))
+        return 1 if failures else 0
+    if args.table_only:
+        failures = []
+    elif args.jobs > 1:
+        failures = run_sharded(args, list(sys.argv[1:] if argv is None else argv), models)
+    else:
+        failures = run_all(args, models)
     wall = time.time() - t0
 
     metas = {p: json.loads((ROOT / s["data"] / "meta.json").read_text()) for p, s in PROTOCOLS.items()

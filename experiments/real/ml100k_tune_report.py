@@ -42,7 +42,8 @@ def model_report(folder: Path, budget: int = 6) -> dict:
     done = sum(p["in_budget"] for p in points)
     ov = summary.get("overrides", [])
     run_seed = int(ov[ov.index("--seed_everything") + 1]) if "--seed_everything" in ov[:-1] else None
-    return {"seed": summary.get("seed"), "run_seed": run_seed, "started": len(summary["points"]), "points": points,
+    return {"seed": summary.get("seed"), "run_seed": run_seed, "data_path": summary.get("data_path"),
+            "overrides": [str(x) for x in summary.get("overrides", [])], "started": len(summary["points"]), "points": points,
             "in_budget": done, "picked": points[0] if points and done >= budget else None}
 
 
@@ -57,6 +58,16 @@ def shipped_point(model: str, seed: int = 0, path: Path = ROOT / "experiments/re
     return {"val_ndcg@10": runs[0]["best_val"]["score"], "test_ndcg@10": runs[0].get("test/ndcg@10")}
 
 
+def data_lines(reports: dict) -> list:
+    """Which data the sweeps ran on (the text encoder changes the item vectors of every model)."""
+    out = []
+    for path in sorted({r.get("data_path") for r in reports.values() if r.get("data_path")}):
+        meta = ROOT / path / "meta.json"
+        enc = json.loads(meta.read_text()).get("text", {}).get("encoder", {}).get("name") if meta.exists() else None
+        out.append(f"Data `{path}`" + (f" (text encoder `{enc}`)" if enc else "") + ".")
+    return out + [""] if out else []
+
+
 def render(reports: dict, budget: int = 6) -> str:
     lines = ["# ML-100K per-model tuning on validation (`experiments/sweeps/ml100k_tune.yaml`)", "",
              f"Random search, the same seeded points for every model (`--seed 0 --max-runs {budget}`): lr log-uniform in "
@@ -64,16 +75,27 @@ def render(reports: dict, budget: int = 6) -> str:
              "`experiments/datasets/ml100k.yaml` (early stopping on validation NDCG@10, best checkpoint tested), "
              "`--seed_everything 0`, one thread. **The pick is the highest validation NDCG@10**; test NDCG@10 is "
              "shown only to read what the pick is worth. Produced by `python experiments/real/ml100k_tune_report.py`.",
-             "",
+             "", *data_lines(reports),
              f"Budget {budget} points per model (the pick is made among the first {budget} seeded points, the "
              "same for every model; points a model was swept beyond them are listed below its budget, unused): "
              + ", ".join(f"{m} {r['in_budget']}/{budget}" for m, r in reports.items())
              + ("" if all(r["in_budget"] >= budget for r in reports.values()) else
                 " (a model under budget has no pick yet)") + ".", ""]
+    picked = {m: r["picked"] for m, r in reports.items() if r["picked"]}
+    if picked:
+        lines += ["Picks (each model's overlay `experiments/tuned/ml100k/<model>.yaml`), by validation NDCG@10:", "",
+                  "| model | lr | embed_dim | dropout | val NDCG@10 | test NDCG@10 | epochs |", "|---|---|---|---|---|---|---|"]
+        for m, p in sorted(picked.items(), key=lambda kv: -kv[1]["val_ndcg@10"]):
+            test = f"{p['test_ndcg@10']:.4f}" if p["test_ndcg@10"] is not None else "n/a"
+            lines.append(f"| {m} | {p['lr']:.5f} | {p['embed_dim']} | {p['dropout']} | {p['val_ndcg@10']:.4f} | "
+                         f"{test} | {p['epochs']} |")
+        lines.append("")
     for model, r in reports.items():
         pts = r["points"]
         lines += [f"## {model}: {r['in_budget']}/{budget} budget points done ({len(pts)} done, {r['started']} started)",
                   ""]
+        if r.get("overrides"):
+            lines += [f"Every point also had: `{' '.join(r['overrides'])}`", ""]
         if not pts:
             continue
         lines += ["| rank (val) | lr | embed_dim | dropout | val NDCG@10 | test NDCG@10 | epochs | s |",

@@ -122,7 +122,9 @@ def prepare(args) -> str:
     return enc
 
 
-def _run_one(args, proto, spec, seed, label, cfg, extra, env, failures):
+def _run_one(args, proto, spec, seed, label, cfg, extra, env, failures, hyper=None):
+    """One run (skipped if its metrics.json exists); ``hyper``: the lr/embed_dim/dropout overrides (default:
+    :func:`hyper_overrides`, the tuned overlay where one exists)."""
     run = ROOT / args.runs / proto / label / f"seed{seed}"
     if (run / "metrics.json").exists():
         return
@@ -148,7 +150,8 @@ def _run_one(args, proto, spec, seed, label, cfg, extra, env, failures):
             extra += CTR_EXTRA.get(label, [])
         # --overwrite: a folder without metrics.json is an interrupted run; start it over
         cmd = [BIN, "experiment", "--overwrite", "--config", cfg, "--config", "experiments/datasets/ml100k.yaml",
-               *spec["configs"], "--data.path", spec["data"], *hyper_overrides(label, proto),
+               *spec["configs"], "--data.path", spec["data"],
+               *(hyper_overrides(label, proto) if hyper is None else hyper),
                "--run_dir", run, "--name", label, "--seed_everything", seed,
                "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", args.epochs, *extra,
                *args.extra]

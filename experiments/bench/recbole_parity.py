@@ -19,7 +19,7 @@ RecBole needs numpy<2 and installs into its own virtual environment (``--setup``
 Usage:
   python experiments/bench/recbole_parity.py --setup            # once
   python experiments/bench/recbole_parity.py [--data runs/data/ml100k] [--models GRU4Rec SASRec]
-         [--seeds 0 1 2] [--epochs 100 --stopping-step 10]
+         [--seeds 0 1 2] [--epochs 100 --stopping-step 10] [--work DIR [--table-only]]
 Writes experiments/results/recbole_parity.{json,md}.
 """
 from __future__ import annotations
@@ -107,12 +107,17 @@ def main(argv=None) -> None:
     ap.add_argument("--max-len", type=int, default=50)
     ap.add_argument("--n-eval-negatives", type=int, default=99)
     ap.add_argument("--out", default="experiments/results/recbole_parity")
+    ap.add_argument("--table-only", action="store_true", help="only write the tables from the finished jobs of "
+                    "--work (n per model as finished; nothing is trained)")
     ap.add_argument("--work", default=None, help="keep each (model, seed) job here and reuse finished ones "
                     "(long runs resume after an interruption); default: a temporary folder")
     args = ap.parse_args(argv)
     if args.setup:
         setup_venv()
         return
+    if args.table_only and not args.work:
+        print("recbole_parity: --table-only reads the finished jobs of --work DIR; give --work", file=sys.stderr)
+        sys.exit(2)
     py = VENV / "bin" / "python"
     if not py.exists():
         print(f"recbole_parity: {py} missing; run with --setup first", file=sys.stderr)
@@ -124,17 +129,21 @@ def main(argv=None) -> None:
                                     n_eval_negatives=args.n_eval_negatives, seed=0)
     dm.setup()
     n_items = int(dm.data_meta["n_items"])
-    runs = []
+    runs, missing = [], []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        test, hist = prepare_job(args, dm, work)
+        # --table-only must not rewrite the atomic files a running job may be loading
+        test, hist = prepare_job(args, dm, work) if not args.table_only else (None, None)
         for model in args.models:
             for seed in args.seeds:
                 job_dir = work / f"{model}-{seed}"
                 done = job_dir / "run.json"
                 if done.exists():  # finished in an earlier invocation with --work
                     runs.append(json.loads(done.read_text()))
+                    continue
+                if args.table_only:
+                    missing.append(f"{model} seed {seed}")
                     continue
                 job = {"data_path": str(work / "atomic"), "dataset": "ours", "model": model, "seed": seed,
                        "epochs": args.epochs, "stopping_step": args.stopping_step, "lr": args.lr,
@@ -169,7 +178,7 @@ def main(argv=None) -> None:
                 print(f"{model} seed {seed}: sampled NDCG@10 {res['sampled']['ndcg@10']:.4f} "
                       f"HR@10 {res['sampled']['hr@10']:.4f} | full NDCG@10 {res['full']['ndcg@10']:.4f} "
                       f"({time.time() - t0:.0f}s)", flush=True)
-    write(args, runs, dm)
+    write(args, runs, dm, missing)
 
 
 def _ms(xs):
@@ -177,12 +186,13 @@ def _ms(xs):
     return f"{xs.mean():.4f} ± {xs.std(ddof=1) if len(xs) > 1 else 0:.4f}"
 
 
-def write(args, runs, dm) -> None:
+def write(args, runs, dm, missing=()) -> None:
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"data": args.data, "n_eval_negatives": args.n_eval_negatives, "max_len": args.max_len,
             "epochs": args.epochs, "stopping_step": args.stopping_step, "lr": args.lr, "seeds": args.seeds,
-            "n_test_lists": int(dm.split_sizes()["test"]), "load_avg": os.getloadavg()}
+            "n_test_lists": int(dm.split_sizes()["test"]), "load_avg": os.getloadavg(),
+            "not_finished": list(missing)}
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
     lines = ["# RecBole 1.2.1 on our split and our candidates", "",
              f"Data `{args.data}` (`seminar-zoo prepare movielens`; the text encoder does not enter RecBole), leave-one-out (our split; RecBole fed per-user ranks as timestamps), "
@@ -190,17 +200,30 @@ def write(args, runs, dm) -> None:
              f"early stopping on RecBole's validation NDCG@10 (patience {args.stopping_step}), seeds {args.seeds}. "
              f"Scored by our metrics (tie-aware) on our {meta['n_test_lists']} test targets. "
              "Produced by `python experiments/bench/recbole_parity.py`.", "",
-             "| model | protocol | NDCG@10 | HR@10 | NDCG@50 | HR@50 | MRR | AUC | RecBole's own full NDCG@10 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | n | protocol | NDCG@10 | HR@10 | NDCG@50 | HR@50 | MRR | AUC | RecBole's own full NDCG@10 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for model in args.models:
         rs = [r for r in runs if r["model"] == model]
+        if not rs:
+            continue
         for proto in ("sampled", "full"):
             own = _ms([r["recbole"]["test_recbole_protocol"].get("ndcg@10", float("nan")) for r in rs]) \
                 if proto == "full" else ""
             name = f"{args.n_eval_negatives} negatives" if proto == "sampled" else "full ranking"
-            lines.append(f"| RecBole {model} | {name} | " + " | ".join(
+            lines.append(f"| RecBole {model} | {len(rs)} | {name} | " + " | ".join(
                 _ms([r[proto][m] for r in rs]) for m in ("ndcg@10", "hr@10", "ndcg@50", "hr@50", "mrr", "auc"))
                 + f" | {own} |")
+    lines += ["", "Per run (each to early stopping; wall time on one thread of the 2-core machine, beside other "
+              "jobs; RecBole's own best validation NDCG@10 is on its full-ranking validation split):", "",
+              "| model | seed | NDCG@10 (99 neg.) | NDCG@10 (full) | RecBole best valid NDCG@10 | fit s |",
+              "|---|---|---|---|---|---|"]
+    for r in sorted(runs, key=lambda r: (args.models.index(r["model"]) if r["model"] in args.models else 99,
+                                         r["seed"])):
+        lines.append(f"| {r['model']} | {r['seed']} | {r['sampled']['ndcg@10']:.4f} | {r['full']['ndcg@10']:.4f} | "
+                     f"{r['recbole'].get('best_valid', float('nan')):.4f} | "
+                     f"{r['recbole'].get('fit_seconds', float('nan')):.0f} |")
+    if missing:
+        lines += ["", f"Not finished yet (`--table-only` left them out): {', '.join(missing)}."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -48,13 +48,6 @@ TUNED = "experiments/tuned/ml100k"
 TUNED_NAME = {"SASRec": "sasrec", "HSTU": "hstu", "DIN": "din", "SEMINAR": "seminar", "SEMINAR-pq": "seminar",
               "SIM": "sim", "ETA": "eta", "TWIN": "twin", "SDIM": "sdim"}
 
-
-def hyper_overrides(label: str, proto: str) -> list:
-    """The tuned overlay of ``label`` for ``proto`` if one exists, else COMMON."""
-    overlay = ROOT / TUNED / f"{TUNED_NAME.get(label, '-')}.yaml"
-    if proto == "ranking" and overlay.exists():
-        return ["--config", str(overlay.relative_to(ROOT))]
-    return list(COMMON)
 # Target-attention models score each (history, target) pair, so an epoch over all ~97k training
 # targets costs 30-200 s on 2 CPU cores; each of their epochs is a fresh seeded random 20% of the
 # targets (Lightning's limit_train_batches over the shuffled sampler), so early stopping gets a
@@ -167,8 +160,20 @@ def _run_one(args, proto, spec, seed, label, cfg, extra, env, failures, hyper=No
         failures.append(f"{label} ({proto}, seed {seed}): exit {rc}: {tail[0][:200]}")
 
 
+def tuned_overlay(label: str):
+    """``label``'s tuned overlay (repo-relative) if the tuning report wrote one, else None."""
+    name = TUNED_NAME.get(label)
+    return f"{TUNED}/{name}.yaml" if name and (ROOT / TUNED / f"{name}.yaml").exists() else None
+
+
+def hyper_overrides(label: str, proto: str) -> list:
+    """The tuned overlay of ``label`` under the ranking protocol if one exists, else COMMON."""
+    overlay = tuned_overlay(label) if proto == "ranking" else None
+    return ["--config", overlay] if overlay else list(COMMON)
+
+
 def hyper_text() -> str:
-    tuned = sorted({lab for lab, name in TUNED_NAME.items() if (ROOT / TUNED / f"{name}.yaml").exists()})
+    tuned = sorted(lab for lab in TUNED_NAME if tuned_overlay(lab))
     if not tuned:
         return "Model hyper-parameters: each model's own YAML, except lr = 0.005 for every model,"
     return (f"Model hyper-parameters: lr, embed_dim and dropout picked on validation by the tuning sweep, the same "
@@ -186,17 +191,12 @@ COST = {"DIN": 820, "TWIN": 760, "SEMINAR": 250, "SEMINAR-pq": 280, "ETA": 290, 
 
 def shard_models(labels, n: int):
     """Split model labels into n groups of similar total COST (longest first, each to the lightest group);
-    SEMINAR and SEMINAR-pq form one unit, in that order."""
-    units = []
+    SEMINAR and SEMINAR-pq form one unit (each group keeps the order of ``labels``: MODELS runs SEMINAR first)."""
+    units = {}
     for lab in labels:
-        if lab == "SEMINAR-pq" and ["SEMINAR"] in units:
-            units[units.index(["SEMINAR"])].append(lab)
-        elif lab == "SEMINAR" and ["SEMINAR-pq"] in units:
-            units[units.index(["SEMINAR-pq"])].insert(0, lab)
-        else:
-            units.append([lab])
+        units.setdefault("SEMINAR" if lab == "SEMINAR-pq" else lab, []).append(lab)
     groups, load = [[] for _ in range(n)], [0] * n
-    for unit in sorted(units, key=lambda u: -sum(COST.get(x, 300) for x in u)):
+    for unit in sorted(units.values(), key=lambda u: -sum(COST.get(x, 300) for x in u)):
         i = load.index(min(load))
         groups[i] += unit
         load[i] += sum(COST.get(x, 300) for x in unit)

@@ -141,6 +141,27 @@ def test_sim_hard_selects_only_the_most_recent_matching_category(tiny_dm, batch)
     assert sel.any()  # the tiny data has same-category behaviours
 
 
+def test_sim_hard_multilabel_category_matches_any_shared_value(tiny_dm, batch):
+    cols = tiny_dm.data_meta["attr_cols"]
+    assert len(cols) >= 2
+    model = make(tiny_dm, "SIM", gsu="hard", topk=50, category_attr=cols[:2])
+    single = make(tiny_dm, "SIM", gsu="hard", topk=50, category_attr=cols[0])
+    h, _, m = model.history(batch)
+    idx, sel = model.hard_search(batch, h, m)
+    idx1, sel1 = single.hard_search(batch, h, m)
+    a = model.item_encoder.item_attr[:, [model.category_columns[0], model.category_columns[1]]].tolist()
+    grew = 0
+    for i in range(h.shape[0]):
+        t = {v for v in a[batch["item_id"][i]] if v > 0}
+        matching = [l for l in range(h.shape[1]) if m[i, l] and t & set(a[h[i, l]])]
+        assert idx[i][sel[i]].tolist() == sorted(matching, reverse=True)[:50]
+        assert set(idx1[i][sel1[i]].tolist()) <= set(matching)  # the first column alone keeps a subset
+        grew += len(matching) > int(sel1[i].sum())
+    assert grew > 0  # the second column adds behaviours on the tiny data
+    with pytest.raises(ValueError, match="attr_colour"):
+        make(tiny_dm, "SIM", gsu="hard", category_attr=[cols[0], "attr_colour"])
+
+
 def test_sim_bad_category_and_gsu_are_named(tiny_dm):
     with pytest.raises(ValueError, match="attr_colour"):
         make(tiny_dm, "SIM", gsu="hard", category_attr="attr_colour")

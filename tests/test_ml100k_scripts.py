@@ -1,6 +1,7 @@
 """experiments/real/ml100k_ablation.py and ml100k.py's ablation section: table maths and splicing, no training."""
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,17 @@ def test_tune_report_picks_on_validation_not_test(tmp_path):
     with pytest.raises(SystemExit) as e:
         rep.main(["--sweeps", str(tmp_path), "--models", "absent", "--out", str(tmp_path / "o")])
     assert e.value.code == 2 and not (tmp_path / "o.md").exists()
+    # --merge: re-read one model's sweep, keep the other models of the existing report (and their overlays)
+    kept = json.loads((tmp_path / "rep.json").read_text())
+    kept["din"] = dict(kept["sasrec"], data_path="elsewhere")
+    (tmp_path / "rep.json").write_text(json.dumps(kept))
+    shutil.copytree(folder, tmp_path / "sim")  # its run_dir entries still point at sasrec/
+    rep.main(["--sweeps", str(tmp_path), "--models", "sim", "--budget", "3", "--out", str(tmp_path / "rep"),
+              "--merge", "--write-configs", str(tmp_path / "tuned")])
+    merged = json.loads((tmp_path / "rep.json").read_text())
+    assert list(merged) == ["din", "sasrec", "sim"] and merged["din"]["data_path"] == "elsewhere"
+    assert merged["sim"]["picked"]["name"] == "r1" and (tmp_path / "tuned" / "sim.yaml").exists()
+    assert not (tmp_path / "tuned" / "din.yaml").exists()  # only the re-read sweeps get overlays
 
 
 def test_ml100k_splices_the_peer_tables_per_protocol(tmp_path):

@@ -139,6 +139,9 @@ def main(argv=None):
     ap.add_argument("--out", default="experiments/results/ml100k_tune")
     ap.add_argument("--budget", type=int, default=6, help="points per model: the pick is made among each sweep's "
                     "first BUDGET points (at most the sweeps' --max-runs)")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the models of the existing --out JSON that --models does not re-read (re-sweep one "
+                    "model after its sweep folders of the others are gone)")
     ap.add_argument("--write-configs", default=None, metavar="DIR",
                     help="write DIR/<model>.yaml holding the picked lr/embed_dim/dropout of each complete model")
     args = ap.parse_args(argv)
@@ -156,13 +159,17 @@ def main(argv=None):
     for n, r in reports.items():
         r["shipped"] = shipped_point(n, r["run_seed"]) if r["run_seed"] is not None else None
     out = ROOT / args.out
+    if args.merge and out.with_suffix(".json").exists():
+        kept = json.loads(out.with_suffix(".json").read_text())
+        reports = dict(sorted({**{n: r for n, r in kept.items() if n not in reports}, **reports}.items()))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(reports, indent=1))
     md = render(reports, args.budget)
     out.with_suffix(".md").write_text(md + "\n")
     print(md)
     if args.write_configs:
-        for n, r in reports.items():
+        for n in names:  # the sweeps read now (--merge keeps the others' overlays as they are)
+            r = reports[n]
             if r["picked"]:
                 print(f"wrote {write_overlay(ROOT / args.write_configs, n, r['picked'], args.budget)}")
 

@@ -7,7 +7,9 @@ Two cascaded units over the lifelong history (Sec. 3):
 
   - ``hard``: behaviours whose category equals the target's (the attribute column
     ``category_attr``, default ``attr_category``); when more than ``topk`` match, the
-    most recent ``topk``. Padding and unknown categories (0) never match.
+    most recent ``topk``. Padding and unknown categories (0) never match. A list of
+    columns is a multi-label category (e.g. ML-100K's up to 3 genres of a film): a
+    behaviour matches when it shares any known value with the target.
   - ``soft``: relevance ``r_l = <W_a e_t, W_b e_l>`` (inner product of separately
     projected target and behaviour embeddings), top-``topk``. As in the paper the
     soft-search parameters are trained by an auxiliary CTR task built on the soft
@@ -27,6 +29,9 @@ Simplified / differs from the paper:
   - no time-interval embeddings in the ESU (the batch carries positions, not
     timestamps); the hard search uses the DataModule's history window, not an
     offline user-behaviour tree (same result, computed on the fly);
+  - multi-label categories (a list ``category_attr``) are our extension: the paper's items
+    have one leaf category; matching on the first of several genres only would drop
+    behaviours that share the target's other genres;
   - soft-search pooling is softmax-normalised (the paper's weights are raw inner
     products; over L = 2000 behaviours their unnormalised sum is numerically
     unstable), and the GSU shares the item encoder with the ESU (the paper may
@@ -35,7 +40,7 @@ Simplified / differs from the paper:
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import List, Literal, Union
 
 import torch
 import torch.nn.functional as F
@@ -51,12 +56,13 @@ class SIM(RecModel):
     """Args:
         gsu: ``hard`` (category match) or ``soft`` (projected inner product + auxiliary loss).
         topk: behaviours kept by the GSU for the ESU.
-        category_attr: attribute column used by the hard search.
+        category_attr: attribute column used by the hard search, or a list of columns
+            (a multi-label category: a behaviour matches when it shares any value).
         aux_weight: weight of the soft-search auxiliary CTR loss.
     """
 
     def __init__(self, gsu: Literal["hard", "soft"] = "hard", topk: int = 50,
-                 category_attr: str = "attr_category", aux_weight: float = 1.0, **kwargs):
+                 category_attr: Union[str, List[str]] = "attr_category", aux_weight: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         if gsu not in ("hard", "soft"):
             raise ValueError(f"SIM: gsu must be 'hard' or 'soft', got {gsu!r}")
@@ -67,11 +73,14 @@ class SIM(RecModel):
         self.gsu, self.topk, self.aux_weight = gsu, int(topk), float(aux_weight)
         if gsu == "hard":
             cols = list(meta.get("attr_cols", []))
-            if category_attr not in cols:
-                raise ValueError(f"SIM(gsu='hard'): category_attr {category_attr!r} is not an attribute column of "
+            wanted = [category_attr] if isinstance(category_attr, str) else list(category_attr)
+            bad = [c for c in wanted if c not in cols] or ([] if wanted else ["(empty list)"])
+            if bad:
+                raise ValueError(f"SIM(gsu='hard'): category_attr {bad[0]!r} is not an attribute column of "
                                  f"dataset {meta.get('name', '?')!r} (attr_cols: {cols}); pass "
                                  "--model.init_args.category_attr or use gsu: soft")
-            self.category_index = cols.index(category_attr)
+            self.category_columns = [cols.index(c) for c in wanted]
+            self.category_index = self.category_columns[0]
         else:
             self.gsu_q = nn.Linear(d, d, bias=False)  # W_a (target)
             self.gsu_k = nn.Linear(d, d, bias=False)  # W_b (behaviours)
@@ -81,10 +90,12 @@ class SIM(RecModel):
 
     # ---- GSU
     def hard_search(self, batch, h: torch.Tensor, m: torch.Tensor):
-        """(idx [B, K], selected mask [B, K]): the most recent behaviours of the target's category."""
-        cat = self.item_encoder.item_attr[:, self.category_index]
-        ct = cat[batch["item_id"]].unsqueeze(1)
-        match = (cat[h] == ct) & m & (ct > 0)
+        """(idx [B, K], selected mask [B, K]): the most recent behaviours of the target's category
+        (sharing any known value of the category columns)."""
+        cat = self.item_encoder.item_attr[:, self.category_columns]  # [n_items + 1, c]
+        ct = cat[batch["item_id"]].unsqueeze(1)  # [B, 1, c]
+        same = (cat[h].unsqueeze(-1) == ct.unsqueeze(-2)) & (ct.unsqueeze(-2) > 0)  # [B, L, c, c]
+        match = same.flatten(-2).any(-1) & m
         recency = torch.arange(h.shape[1], device=h.device).expand_as(h)
         return masked_topk(recency, match, self.topk)
 

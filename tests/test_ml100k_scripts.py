@@ -106,6 +106,7 @@ def test_tune_report_picks_on_validation_not_test(tmp_path):
     assert list(merged) == ["din", "sasrec", "sim"] and merged["din"]["data_path"] == "elsewhere"
     assert merged["sim"]["picked"]["name"] == "r1" and (tmp_path / "tuned" / "sim.yaml").exists()
     assert not (tmp_path / "tuned" / "din.yaml").exists()  # only the re-read sweeps get overlays
+    assert (tmp_path / "rep.md").read_text().count("| 1 (picked) |") == 3  # kept reports keep their pick mark
 
 
 def test_ml100k_splices_the_peer_tables_per_protocol(tmp_path):

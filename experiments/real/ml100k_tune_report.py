@@ -102,7 +102,7 @@ def render(reports: dict, budget: int = 6) -> str:
                   "|---|---|---|---|---|---|---|---|"]
         for i, p in enumerate(pts, 1):
             test = f"{p['test_ndcg@10']:.4f}" if p["test_ndcg@10"] is not None else "n/a"
-            mark = (" (picked)" if p is r["picked"] else "") if p["in_budget"] else " (beyond the budget)"
+            mark = (" (picked)" if r["picked"] and p["name"] == r["picked"]["name"] else "") if p["in_budget"] else " (beyond the budget)"
             rank = str(i) if p["in_budget"] else "-"
             lines.append(f"| {rank}{mark} | {p['lr']:.5f} | {p['embed_dim']} | {p['dropout']} | "
                          f"{p['val_ndcg@10']:.4f} | {test} | {p['epochs']} | {p['seconds']:.0f} |")

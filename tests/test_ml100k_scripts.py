@@ -154,3 +154,23 @@ def test_ml100k_jobs_split_models_by_cost_and_keep_seminar_pq_with_seminar():
         ["--seeds", "0", "1", "--runs", "r", "--extra", "--models", "x", "--jobs", "3"]
     assert ml.worker_argv(["--jobs=2", "--models=DIN", "--epochs", "3"]) == ["--epochs", "3"]
     assert ml.main(["--jobs", "0"]) == 2
+
+
+def test_ml100k_reading_flags_models_within_their_spread_of_popularity_and_compares_the_peer(tmp_path):
+    ml = _load("ml100k")
+    vals = {"Popularity": [0.044] * 3, "HSTU": [0.10, 0.11, 0.12], "SIM": [0.0440, 0.0445, 0.0450],
+            "SEMINAR": [0.05, 0.06, 0.055], "ETA": [0.04, 0.041, 0.042]}
+    for model, vs in vals.items():
+        for seed, v in enumerate(vs):
+            d = tmp_path / "runs" / "full" / model / f"seed{seed}"
+            d.mkdir(parents=True)
+            (d / "metrics.json").write_text(json.dumps({"test/ndcg@10": v}))
+    peer = tmp_path / "peer.json"
+    peer.write_text(json.dumps({"runs": [{"model": "GRU4Rec", "full": {"ndcg@10": v}} for v in (0.12, 0.13)]
+                               + [{"model": "SASRec", "full": {"ndcg@10": 0.09}}]}))
+    (line,) = ml.reading(tmp_path / "runs", peer)
+    assert line.startswith("- full (NDCG@10, mean over seeds): HSTU 0.1100 > SEMINAR 0.0550 > SIM 0.0445 > "
+                           "Popularity 0.0440 > ETA 0.0410. SEMINAR is 2 of 4 learned models")
+    assert "not above Popularity: ETA" in line
+    assert "above it by no more than its own seed spread: SIM (+0.0005, seed std 0.0005)" in line  # not SEMINAR
+    assert "HSTU 0.1100 ± 0.0100, is below RecBole's best of the models run (GRU4Rec, SASRec), GRU4Rec 0.1250" in line

@@ -160,6 +160,7 @@ def _run_one(args, proto, spec, seed, label, cfg, extra, env, failures, hyper=No
     if proto == "full" and rc == 0:  # `test` records no stage time: keep the command's wall time
         rec = json.loads((run / "metrics.json").read_text())
         rec["test_wall_seconds"] = time.time() - t0
+        rec["name"] = label  # `test` names the run by its class (SIM-soft would group with SIM)
         (run / "metrics.json").write_text(json.dumps(rec, indent=1, sort_keys=True))
     if rc:
         tail = (run / "log.txt").read_text().strip().splitlines()[-1:] or [""]

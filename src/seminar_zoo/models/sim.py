@@ -18,17 +18,23 @@ Two cascaded units over the lifelong history (Sec. 3):
     loss ``aux_weight * BCE(logit_aux, label)``, registered as ``train/gsu_aux``.
     The top-k selection itself is not differentiable.
 
-* **ESU** (Exact Search Unit): multi-head target attention over the
-  selected behaviours (selected padding slots are masked out).
+* **ESU** (Exact Search Unit, Sec. 3.2): multi-head target attention over the
+  selected behaviours (selected padding slots are masked out). Each selected behaviour
+  carries an embedding of its time interval (``time_embedding``, default on): the gap
+  ``ts_last - ts_l`` to the user's most recent behaviour, log2-bucketed, a learned vector
+  per bucket added to the behaviour vector (the paper concatenates ``e_l`` and the
+  interval embedding; adding keeps the ESU width). Without it the ESU sees the selected
+  behaviours as an unordered bag.
 
 With queries (RecModel ``use_queries``) ``e_t`` and ``e_l`` are (query, item) pair vectors in the
 soft search, its auxiliary loss and the ESU, as in SEMINAR's reference SIM; the hard search keeps
 matching the item category.
 
 Simplified / differs from the paper:
-  - no time-interval embeddings in the ESU (the batch carries positions, not
-    timestamps); the hard search uses the DataModule's history window, not an
-    offline user-behaviour tree (same result, computed on the fly);
+  - the time interval is measured to the user's latest behaviour (``hist_ts[:, -1]``), not
+    to the request time, which the batch does not carry; the hard search uses the
+    DataModule's history window, not an offline user-behaviour tree (same result,
+    computed on the fly);
   - multi-label categories (a list ``category_attr``) are our extension: the paper's items
     have one leaf category; matching on the first of several genres only would drop
     behaviours that share the target's other genres;
@@ -59,10 +65,14 @@ class SIM(RecModel):
         category_attr: attribute column used by the hard search, or a list of columns
             (a multi-label category: a behaviour matches when it shares any value).
         aux_weight: weight of the soft-search auxiliary CTR loss.
+        time_embedding: add a time-interval embedding to each selected behaviour in the ESU
+            (Sec. 3.2; needs ``hist_ts`` in the batch, which every DataModule batch carries).
+        time_buckets: log2 buckets of the time interval (seconds): gaps up to ``2**time_buckets``.
     """
 
     def __init__(self, gsu: Literal["hard", "soft"] = "hard", topk: int = 50,
-                 category_attr: Union[str, List[str]] = "attr_category", aux_weight: float = 1.0, **kwargs):
+                 category_attr: Union[str, List[str]] = "attr_category", aux_weight: float = 1.0,
+                 time_embedding: bool = True, time_buckets: int = 32, **kwargs):
         super().__init__(**kwargs)
         if gsu not in ("hard", "soft"):
             raise ValueError(f"SIM: gsu must be 'hard' or 'soft', got {gsu!r}")
@@ -86,6 +96,11 @@ class SIM(RecModel):
             self.gsu_k = nn.Linear(d, d, bias=False)  # W_b (behaviours)
             self.aux_tower = Tower(2 * d, self.hparams.tower_dims, self.hparams.dropout)
         self.esu = TargetAttention(d, self.hparams.num_heads)
+        self.time_buckets = int(time_buckets)
+        # zero-initialised: the model starts as the time-blind ESU and learns what recency is worth
+        self.time_emb = nn.Embedding(self.time_buckets + 1, d) if time_embedding else None
+        if self.time_emb is not None:
+            nn.init.zeros_(self.time_emb.weight)
         self.build_tower()
 
     # ---- GSU
@@ -103,6 +118,12 @@ class SIM(RecModel):
         """[B, L] soft-search relevance <W_a e_t, W_b e_l> / sqrt(d)."""
         return (self.gsu_k(e) @ self.gsu_q(target).unsqueeze(-1)).squeeze(-1) / math.sqrt(e.shape[-1])
 
+    def time_intervals(self, batch, L: int) -> torch.Tensor:
+        """[B, L] log2 bucket of each behaviour's gap (seconds) to the user's latest behaviour."""
+        ts = batch["hist_ts"][:, -L:]
+        gap = (ts[:, -1:] - ts).clamp(min=0).float()
+        return torch.log2(gap + 1).long().clamp(0, self.time_buckets)
+
     def interest(self, batch, target):
         h, q, m = self.history(batch)
         if self.gsu == "hard":
@@ -119,4 +140,9 @@ class SIM(RecModel):
                 logit = self.aux_tower(torch.cat([target, u_aux], -1))
                 aux = F.binary_cross_entropy_with_logits(logit, batch["label"])
                 self.add_aux_loss("gsu_aux", self.aux_weight * aux)
+        if self.time_emb is not None:
+            if "hist_ts" not in batch:
+                raise ValueError("SIM(time_embedding=True): the batch has no hist_ts; pass "
+                                 "--model.init_args.time_embedding false")
+            keys = keys + self.time_emb(gather_rows(self.time_intervals(batch, h.shape[1]), idx))
         return self.esu(target, keys, sel)

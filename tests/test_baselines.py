@@ -208,6 +208,34 @@ def test_sim_time_interval_embedding_buckets_gaps_and_reaches_the_esu(tiny_dm, b
         model(no_ts)
 
 
+def test_time_interval_embedding_module_buckets_and_starts_at_zero():
+    from seminar_zoo.modules.time_interval import TimeIntervalEmbedding
+
+    emb = TimeIntervalEmbedding(4, buckets=12)
+    ts = torch.tensor([[0, 100, 103, 1103], [0, 0, 7, 8]])
+    assert emb.buckets(ts).tolist() == [[10, 9, 9, 0], [3, 3, 1, 0]]  # gaps 1103, 1003, 1000, 0 | 8, 8, 1, 0
+    assert emb.buckets(ts, 2).tolist() == [[9, 0], [1, 0]]
+    assert emb.buckets(torch.tensor([[0, 2 ** 40]]))[0, 0] == 12  # capped
+    out = emb({"hist_ts": ts}, 4, idx=torch.tensor([[3, 0], [2, 2]]))
+    assert out.shape == (2, 2, 4) and not out.any()  # zero-initialised
+    with pytest.raises(ValueError, match="ETA.*hist_ts"):
+        emb({}, 4, who="ETA")
+
+
+def test_eta_time_interval_embedding_reaches_the_score(tiny_dm, batch):
+    model = make(tiny_dm, "ETA", topk=5).eval()
+    base = model(batch)
+    with torch.no_grad():
+        model.time_emb.weight.normal_()
+    shifted = {**batch, "hist_ts": batch["hist_ts"] * 1000}
+    assert not torch.allclose(model(batch), base) and not torch.allclose(model(shifted), model(batch))
+    model.train().zero_grad()
+    model(batch).sum().backward()
+    assert model.time_emb.weight.grad.abs().sum() > 0
+    blind = make(tiny_dm, "ETA", topk=5, time_embedding=False).eval()
+    assert blind.time_emb is None and torch.allclose(blind(batch), blind(shifted))
+
+
 # ----------------------------------------------------------------------------- ETA
 def test_eta_topk_by_hamming_and_gradients_through_the_gather(tiny_dm, batch):
     model = make(tiny_dm, "ETA", topk=4).eval()

@@ -22,8 +22,12 @@ With queries (RecModel ``use_queries``) target and behaviours are (query, item) 
 hashed and attended as such (SEMINAR's reference ETA); a distinct behaviour is then a distinct
 (item, query) pair.
 
-Simplified: one signature per behaviour (no multi-round hashing), no side features
-(e.g. time interval) in the attention; the hashes are recomputed every step rather
+Side information (the paper's time interval): ``time_embedding`` (default on) adds to each selected
+behaviour an embedding of its log2-bucketed gap to the user's latest behaviour
+(:class:`~seminar_zoo.modules.time_interval.TimeIntervalEmbedding`, as in SIM's ESU).
+
+Simplified: one signature per behaviour (no multi-round hashing), no side features other than the
+time interval, which is measured to the latest behaviour, not to the request time; the hashes are recomputed every step rather
 than cached per item (identical values, since they are a function of the embedding).
 """
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch
 from ..modules.attention import TargetAttention
 from ..modules.ops import gather_rows, masked_topk
 from ..modules.hashing import SimHash, hamming
+from ..modules.time_interval import TimeIntervalEmbedding
 from .base import RecModel
 
 
@@ -41,9 +46,12 @@ class ETA(RecModel):
         topk: behaviours kept for the target attention.
         hash_bits: SimHash signature length (bits).
         hash_seed: seed of the random projections.
+        time_embedding: add the time-interval embedding to each selected behaviour.
+        time_buckets: log2 buckets of the time interval (seconds).
     """
 
-    def __init__(self, topk: int = 50, hash_bits: int = 32, hash_seed: int = 0, **kwargs):
+    def __init__(self, topk: int = 50, hash_bits: int = 32, hash_seed: int = 0, time_embedding: bool = True,
+                 time_buckets: int = 32, **kwargs):
         super().__init__(**kwargs)
         if topk < 1:
             raise ValueError(f"ETA: topk must be >= 1, got {topk}")
@@ -53,6 +61,7 @@ class ETA(RecModel):
         self.topk, self.hash_bits = int(topk), int(hash_bits)
         self.hasher = SimHash(d, self.hash_bits, n_hashes=1, seed=hash_seed)
         self.esu = TargetAttention(d, self.hparams.num_heads)
+        self.time_emb = TimeIntervalEmbedding(d, time_buckets) if time_embedding else None
         self.build_tower()
 
     def retrieve(self, target: torch.Tensor, h: torch.Tensor, q: torch.Tensor, m: torch.Tensor):
@@ -72,4 +81,6 @@ class ETA(RecModel):
         h, q, m = self.history(batch)
         idx, sel, _ = self.retrieve(target, h, q, m)
         keys = self.history_vectors(gather_rows(h, idx), gather_rows(q, idx))
+        if self.time_emb is not None:
+            keys = keys + self.time_emb(batch, h.shape[1], idx, who="ETA")
         return self.esu(target, keys, sel)

@@ -231,12 +231,14 @@ def _build_ours(name, meta, args, tower_input="auto"):
                   tower_dims=list(args.tower_dims), dropout=args.dropout, lr=args.lr, use_queries=False,
                   tower_input=tower_input)
     st = dict(short_term_len=args.short_term_len)
+    # FuxiCTR's SIM and ETA have no time-interval embedding in their ESU: ours is turned off to match
+    te = dict(time_embedding=False)
     if name == "DIN":
         return get_model_class("DIN")(attention_hidden=list(args.din_attention_hidden), **common)
     if name == "SIM":
-        return get_model_class("SIM")(gsu="soft", topk=args.topk, aux_weight=1.0, **st, **common)
+        return get_model_class("SIM")(gsu="soft", topk=args.topk, aux_weight=1.0, **te, **st, **common)
     if name == "ETA":
-        return get_model_class("ETA")(topk=args.topk, hash_bits=args.hash_bits, **st, **common)
+        return get_model_class("ETA")(topk=args.topk, hash_bits=args.hash_bits, **te, **st, **common)
     if name == "SDIM":
         return get_model_class("SDIM")(n_hashes=args.n_hashes, hash_bits=args.sdim_bits, norm="l2", **st, **common)
     if name == "TWIN":

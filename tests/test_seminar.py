@@ -129,6 +129,28 @@ def test_use_gsu_false_reads_only_the_last_k(tiny_dm):
         assert not torch.allclose(m2(b), m2(b2))
 
 
+@pytest.mark.parametrize("use_gsu", [True, False])
+def test_time_embedding_is_an_opt_in_that_reaches_the_esu(tiny_dm, use_gsu):
+    """Off by default (the paper's ESU has no time input): the default model neither builds nor reads it, so
+    its parameters and logits are those of a model built without the option; on, the behaviours' gaps to the
+    latest behaviour enter the ESU (both through the GSU's top-K and the last-K ablation) and get gradient."""
+    b = _batch(tiny_dm)
+    shifted = {**b, "hist_ts": b["hist_ts"] * 1000}
+    off = _model(tiny_dm, use_gsu=use_gsu).eval()
+    assert off.time_emb is None
+    with torch.no_grad():
+        torch.testing.assert_close(off(b), off(shifted))
+        torch.testing.assert_close(off(b), _model(tiny_dm, use_gsu=use_gsu, time_embedding=False).eval()(b))
+    on = _model(tiny_dm, use_gsu=use_gsu, time_embedding=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(on(b), off(b))  # zero-initialised: starts as the time-blind ESU
+        on.time_emb.weight.normal_()
+        assert not torch.allclose(on(b), on(shifted))
+    on.train()
+    on(b).sum().backward()
+    assert on.time_emb.weight.grad.abs().sum() > 0
+
+
 # --------------------------------------------------------------------------- restore / gradients / lambda
 @pytest.fixture(scope="module")
 def psu_ckpt(tiny_dm, tmp_path_factory):

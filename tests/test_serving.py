@@ -21,6 +21,14 @@ def _model(dm):
     return m.eval()
 
 
+def test_export_refuses_a_time_aware_esu(tiny_dm, tmp_path):
+    torch.manual_seed(0)
+    m = SEMINAR(data_meta=tiny_dm.data_meta, embed_dim=16, num_heads=2, topk=8, time_embedding=True)
+    with pytest.raises(ValueError, match="time_embedding"):
+        export_model(m, tmp_path / "exp")
+    assert not (tmp_path / "exp").exists()  # refused before anything is written
+
+
 def test_export_reproduces_in_process_logits(tiny_dm, tmp_path):
     pytest.importorskip("faiss")
     m = _model(tiny_dm)

@@ -62,6 +62,9 @@ def export_model(model, out: str, n_sub: int = 8, n_centroids: int = 16, fit_row
     """Write the per-id tables, PQ codes/codebooks and the TorchScript module of ``model`` (a SEMINAR) to ``out``."""
     if getattr(model, "short_term", None) is not None or not model.hparams.use_gsu:
         raise ValueError("export: needs a SEMINAR with use_gsu=True and no short-term attention")
+    if getattr(model, "time_emb", None) is not None:  # the exported ESU reads no timestamps
+        raise ValueError("export: a SEMINAR with time_embedding=True is not supported (the serving path has no "
+                         "behaviour timestamps)")
     model = model.eval().cpu()
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,11 @@ then finetuning this RecModel, whose parts are:
 tower still train. Test extras (cold-target AUC, modality shares, gamma, GSU recall and timings):
 :mod:`~seminar_zoo.models.seminar.extras`.
 
+``time_embedding`` (off by default: the paper's ESU has no time input) adds to each behaviour the ESU reads
+a learned embedding of its log2-bucketed gap to the user's latest behaviour
+(:class:`~seminar_zoo.modules.time_interval.TimeIntervalEmbedding`, as SIM's and ETA's ESU): an ablation
+that asks how much of a time-aware baseline's lead is recency.
+
 Simplified: one attention layer per unit; the GSU score is the head-averaged logit (the reference
 concatenates heads); dropout 0.1 instead of the reference's 0.5 on our small data.
 """
@@ -37,6 +42,7 @@ import torch
 
 from ...modules.ops import gather_rows
 from ...modules.pair import PairEncoder
+from ...modules.time_interval import TimeIntervalEmbedding
 from ..base import RecModel
 from .config import PQConfig, PretrainConfig, as_config
 from .esu import ESU
@@ -72,12 +78,13 @@ class SEMINAR(PQRetrieval, RecModel):
         pretrain: the PSU stage (:class:`~seminar_zoo.models.seminar.config.PretrainConfig`).
         pq: the quantizer of ``retrieval: pq`` (:class:`~seminar_zoo.models.seminar.config.PQConfig`;
             None: its defaults).
+        time_embedding: add a time-interval embedding to each behaviour in the ESU (not in the paper).
     """
 
     def __init__(self, psu_ckpt: Optional[str] = None, freeze_psu: bool = False,
                  retrieval: Literal["exact", "pq"] = "exact", use_gsu: bool = True,
                  topk: int = 50, gsu_bias: bool = True, pretrain: PretrainConfig = PretrainConfig(),
-                 pq: Optional[PQConfig] = None, **kwargs):
+                 pq: Optional[PQConfig] = None, time_embedding: bool = False, **kwargs):
         super().__init__(**kwargs)
         hp = self.hparams
         if retrieval not in ("exact", "pq"):
@@ -99,6 +106,8 @@ class SEMINAR(PQRetrieval, RecModel):
         self.gsu_probe = None  # a GSUProbe while testing (extras.SeminarTestExtras)
         self.run_name: Optional[str] = None  # the run's label in metrics.json (experiment --name)
         self.build_tower()
+        # built only when asked, and last: every other initial value is the time-blind model's
+        self.time_emb = TimeIntervalEmbedding(d) if time_embedding else None
         if psu_ckpt:
             self.restore_psu(psu_ckpt)
         self._freeze_unused()
@@ -186,9 +195,16 @@ class SEMINAR(PQRetrieval, RecModel):
         hist = self.encode_history(batch)
         hist_pair = hist.pair[hist.inv]
         K = min(self.hparams.topk, hist_pair.shape[1])
+        L = hist_pair.shape[1]
         if not self.hparams.use_gsu:
-            return self.esu(target, hist_pair[:, -K:], hist.mask[:, -K:], bias=None)
+            keys = hist_pair[:, -K:]
+            if self.time_emb is not None:
+                keys = keys + self.time_emb(batch, L, who="SEMINAR")[:, -K:]
+            return self.esu(target, keys, hist.mask[:, -K:], bias=None)
         s = self.select(batch, target, hist, K)
         if self.gsu_probe is not None:
             self.gsu_probe.record(self, batch, target, hist, s)
-        return self.esu(target, gather_rows(hist_pair, s.idx), s.sel, bias=s.bias)
+        keys = gather_rows(hist_pair, s.idx)
+        if self.time_emb is not None:
+            keys = keys + self.time_emb(batch, L, s.idx, who="SEMINAR")
+        return self.esu(target, keys, s.sel, bias=s.bias)

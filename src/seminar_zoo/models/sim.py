@@ -22,9 +22,10 @@ Two cascaded units over the lifelong history (Sec. 3):
   selected behaviours (selected padding slots are masked out). Each selected behaviour
   carries an embedding of its time interval (``time_embedding``, default on): the gap
   ``ts_last - ts_l`` to the user's most recent behaviour, log2-bucketed, a learned vector
-  per bucket added to the behaviour vector (the paper concatenates ``e_l`` and the
-  interval embedding; adding keeps the ESU width). Without it the ESU sees the selected
-  behaviours as an unordered bag.
+  per bucket added to the behaviour vector
+  (:class:`~seminar_zoo.modules.time_interval.TimeIntervalEmbedding`; the paper concatenates
+  ``e_l`` and the interval embedding; adding keeps the ESU width). Without it the ESU sees the
+  selected behaviours as an unordered bag.
 
 With queries (RecModel ``use_queries``) ``e_t`` and ``e_l`` are (query, item) pair vectors in the
 soft search, its auxiliary loss and the ESU, as in SEMINAR's reference SIM; the hard search keeps
@@ -54,6 +55,7 @@ from torch import nn
 
 from ..modules.attention import TargetAttention
 from ..modules.ops import gather_rows, masked_softmax, masked_topk
+from ..modules.time_interval import TimeIntervalEmbedding
 from ..modules.tower import Tower
 from .base import RecModel
 
@@ -96,11 +98,7 @@ class SIM(RecModel):
             self.gsu_k = nn.Linear(d, d, bias=False)  # W_b (behaviours)
             self.aux_tower = Tower(2 * d, self.hparams.tower_dims, self.hparams.dropout)
         self.esu = TargetAttention(d, self.hparams.num_heads)
-        self.time_buckets = int(time_buckets)
-        # zero-initialised: the model starts as the time-blind ESU and learns what recency is worth
-        self.time_emb = nn.Embedding(self.time_buckets + 1, d) if time_embedding else None
-        if self.time_emb is not None:
-            nn.init.zeros_(self.time_emb.weight)
+        self.time_emb = TimeIntervalEmbedding(d, time_buckets) if time_embedding else None
         self.build_tower()
 
     # ---- GSU
@@ -117,12 +115,6 @@ class SIM(RecModel):
     def soft_scores(self, target: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """[B, L] soft-search relevance <W_a e_t, W_b e_l> / sqrt(d)."""
         return (self.gsu_k(e) @ self.gsu_q(target).unsqueeze(-1)).squeeze(-1) / math.sqrt(e.shape[-1])
-
-    def time_intervals(self, batch, L: int) -> torch.Tensor:
-        """[B, L] log2 bucket of each behaviour's gap (seconds) to the user's latest behaviour."""
-        ts = batch["hist_ts"][:, -L:]
-        gap = (ts[:, -1:] - ts).clamp(min=0).float()
-        return torch.log2(gap + 1).long().clamp(0, self.time_buckets)
 
     def interest(self, batch, target):
         h, q, m = self.history(batch)
@@ -141,8 +133,5 @@ class SIM(RecModel):
                 aux = F.binary_cross_entropy_with_logits(logit, batch["label"])
                 self.add_aux_loss("gsu_aux", self.aux_weight * aux)
         if self.time_emb is not None:
-            if "hist_ts" not in batch:
-                raise ValueError("SIM(time_embedding=True): the batch has no hist_ts; pass "
-                                 "--model.init_args.time_embedding false")
-            keys = keys + self.time_emb(gather_rows(self.time_intervals(batch, h.shape[1]), idx))
+            keys = keys + self.time_emb(batch, h.shape[1], idx, who="SIM")
         return self.esu(target, keys, sel)

@@ -36,6 +36,7 @@ ABLATION_LABELS = {
     "no_align": "SEMINAR w/o alignment loss",
     "no_query": "SEMINAR w/o query sequence (lambda=0)",
     "no_gsu": "SEMINAR w/o GSU (ESU on last K)",
+    "time_aware": "SEMINAR + time-interval embedding (not in the paper)",
 }
 
 

@@ -19,6 +19,7 @@ OVERLAYS = {
     "ablations/no_gsu.yaml": {M + "use_gsu": False},
     "ablations/no_pretrain.yaml": {M + "pretrain.epochs": 0},
     "ablations/no_query.yaml": {M + "lambda_q": 0.0},
+    "ablations/time_aware.yaml": {M + "time_embedding": True},
     "seminar_pq.yaml": None,
 }
 

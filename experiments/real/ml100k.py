@@ -481,7 +481,10 @@ def main(argv=None):
               + hyper_text() + " topk = 20 for the "
               "two-stage models (SIM, SIM-soft, ETA, TWIN, SEMINAR) so that their search stage keeps 20 of the 50 behaviours, "
               "SIM is the paper's hard search, which keeps the behaviours sharing any of the target's genres "
-              "(attr_genre1..3); SIM-soft its soft search (projected inner product, auxiliary CTR loss). SEMINAR-pq "
+              "(attr_genre1..3); SIM-soft its soft search (projected inner product, auxiliary CTR loss). SIM, "
+              "SIM-soft and ETA add to each selected behaviour an embedding of its time interval (their papers' "
+              "side information; TWIN has its recency cross feature; DIN, SDIM and SEMINAR are time-blind, as in "
+              "their papers). SEMINAR-pq "
               "restores the PSU that the "
               "SEMINAR (exact) run of the same seed pretrained, then finetunes like it; only the test-time GSU "
               "scorer differs. `epochs` = epochs run before early stopping. Mean ± sample std over seeds.", ""]

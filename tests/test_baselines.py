@@ -476,3 +476,39 @@ def test_din_uses_the_query_when_the_target_depends_on_it(tmp_path):
             auc[use] = _fit_test_auc(DIN, dm, epochs=3, lr=1e-2, use_queries=use)
     # measured: 0.94 with queries, 0.54 without (20 candidates per list)
     assert auc[True] > 0.8 and auc[False] < 0.65 and auc[True] > auc[False] + 0.2, auc
+
+
+# ----------------------------------------------------------------------------- the planted recency signal
+@pytest.mark.parametrize("name,kw", [("SIM", {"gsu": "soft"}), ("ETA", {})])
+def test_time_interval_embedding_learns_a_planted_recency_signal(tiny_dm, name, kw):
+    """The target is the oldest or the newest of 6 behaviours (label 1 iff newest): the selected set is
+    the same bag either way, so only the behaviours' time intervals tell the two apart. With the
+    embedding the model learns it; without it, it cannot."""
+    from torchmetrics.functional.classification import binary_auroc
+
+    n_items, L = tiny_dm.data_meta["n_items"], 6
+    g = torch.Generator().manual_seed(0)
+
+    def batch(n):
+        h = torch.stack([torch.randperm(n_items, generator=g)[:L] + 1 for _ in range(n)])
+        label = torch.randint(0, 2, (n,), generator=g).float()
+        target = torch.where(label.bool(), h[:, -1], h[:, 0])
+        ts = torch.cumsum(torch.randint(1, 10 ** 5, (n, L), generator=g), 1)  # gaps of up to a day
+        return {"hist_item_id": h, "hist_query_id": torch.zeros_like(h), "hist_mask": torch.ones_like(h, dtype=torch.bool),
+                "hist_ts": ts, "item_id": target, "query_id": torch.zeros_like(target), "label": label}
+
+    test = batch(512)
+    auc = {}
+    with _one_thread():
+        for on in (True, False):
+            model = make(tiny_dm, name, topk=L, time_embedding=on, use_queries=False, dropout=0.0)
+            opt = torch.optim.Adam(model.parameters(), lr=0.01)
+            for _ in range(150):
+                b = batch(128)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(model(b), b["label"])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                auc[on] = float(binary_auroc(model.eval()(test), test["label"].long()))
+    assert auc[True] > 0.85 and auc[False] < 0.65, auc  # seeded: SIM 1.00 / 0.49, ETA 0.95 / 0.47

@@ -27,8 +27,9 @@ behaviour an embedding of its log2-bucketed gap to the user's latest behaviour
 (:class:`~seminar_zoo.modules.time_interval.TimeIntervalEmbedding`, as in SIM's ESU).
 
 Simplified: one signature per behaviour (no multi-round hashing), no side features other than the
-time interval, which is measured to the latest behaviour, not to the request time; the hashes are recomputed every step rather
-than cached per item (identical values, since they are a function of the embedding).
+time interval, which is measured to the latest behaviour, not to the request time; the hashes are
+recomputed every step rather than cached per item (identical values, since they are a function of
+the embedding).
 """
 from __future__ import annotations
 

@@ -182,10 +182,11 @@ def test_sim_soft_registers_aux_loss_that_trains_the_gsu(tiny_dm, batch):
     assert out.shape == batch["label"].shape
 
 
-def test_sim_time_interval_embedding_reaches_the_esu(tiny_dm, batch):
-    """Sec. 3.2: each selected behaviour carries its time-interval embedding, which starts at zero (the
-    time-blind ESU) and receives gradient; without it hist_ts is unused."""
-    model = make(tiny_dm, "SIM", gsu="hard", topk=5).eval()
+@pytest.mark.parametrize("name,kw", [("SIM", {"gsu": "hard"}), ("ETA", {})])
+def test_time_interval_embedding_reaches_the_esu(tiny_dm, batch, name, kw):
+    """SIM Sec. 3.2 / ETA's side information: each selected behaviour carries its time-interval embedding,
+    which starts at zero (the time-blind ESU) and receives gradient; without it hist_ts is unused."""
+    model = make(tiny_dm, name, topk=5, **kw).eval()
     assert not model.time_emb.weight.any()  # starts as the time-blind ESU (buckets: the module's own test)
     base = model(batch)
     with torch.no_grad():
@@ -196,12 +197,12 @@ def test_sim_time_interval_embedding_reaches_the_esu(tiny_dm, batch):
     model.train().zero_grad()
     model(batch).sum().backward()
     assert model.time_emb.weight.grad.abs().sum() > 0
-    blind = make(tiny_dm, "SIM", gsu="hard", topk=5, time_embedding=False).eval()
+    blind = make(tiny_dm, name, topk=5, time_embedding=False, **kw).eval()
     assert blind.time_emb is None
     assert torch.allclose(blind(batch), blind(shifted))
     no_ts = {k: v for k, v in batch.items() if k != "hist_ts"}
-    blind(no_ts)  # the time-blind ESU does not need timestamps
-    with pytest.raises(ValueError, match="hist_ts"):
+    assert torch.equal(blind(no_ts), blind(batch))  # the time-blind ESU does not need timestamps
+    with pytest.raises(ValueError, match=f"{name}.*hist_ts"):
         model(no_ts)
 
 
@@ -217,20 +218,6 @@ def test_time_interval_embedding_module_buckets_and_starts_at_zero():
     assert out.shape == (2, 2, 4) and not out.any()  # zero-initialised
     with pytest.raises(ValueError, match="ETA.*hist_ts"):
         emb({}, 4, who="ETA")
-
-
-def test_eta_time_interval_embedding_reaches_the_score(tiny_dm, batch):
-    model = make(tiny_dm, "ETA", topk=5).eval()
-    base = model(batch)
-    with torch.no_grad():
-        model.time_emb.weight.normal_()
-    shifted = {**batch, "hist_ts": batch["hist_ts"] * 1000}
-    assert not torch.allclose(model(batch), base) and not torch.allclose(model(shifted), model(batch))
-    model.train().zero_grad()
-    model(batch).sum().backward()
-    assert model.time_emb.weight.grad.abs().sum() > 0
-    blind = make(tiny_dm, "ETA", topk=5, time_embedding=False).eval()
-    assert blind.time_emb is None and torch.allclose(blind(batch), blind(shifted))
 
 
 # ----------------------------------------------------------------------------- ETA
@@ -418,7 +405,8 @@ def test_long_range_sim_beats_din_on_the_last_50(tmp_path):
     path = generate(tmp_path / "syn", users=300, items=640, seq_len=100, seed=0)
     auc = {}
     with _one_thread():
-        for name, cls, kw in [("din_last50", DIN, {"max_len": 50}), ("sim_hard", SIM, {"gsu": "hard", "topk": 20, "time_embedding": False})]:
+        for name, cls, kw in [("din_last50", DIN, {"max_len": 50}),
+                              ("sim_hard", SIM, {"gsu": "hard", "topk": 20, "time_embedding": False})]:
             kw["use_queries"] = False  # the query names the target's topic: this test is about the history
             dm = LifelongSequenceDataModule(str(path), max_len=100, batch_size=256, eval_batch_size=2000,
                                             n_eval_negatives=49)
@@ -494,8 +482,9 @@ def test_time_interval_embedding_learns_a_planted_recency_signal(tiny_dm, name, 
         label = torch.randint(0, 2, (n,), generator=g).float()
         target = torch.where(label.bool(), h[:, -1], h[:, 0])
         ts = torch.cumsum(torch.randint(1, 10 ** 5, (n, L), generator=g), 1)  # gaps of up to a day
-        return {"hist_item_id": h, "hist_query_id": torch.zeros_like(h), "hist_mask": torch.ones_like(h, dtype=torch.bool),
-                "hist_ts": ts, "item_id": target, "query_id": torch.zeros_like(target), "label": label}
+        return {"hist_item_id": h, "hist_query_id": torch.zeros_like(h),
+                "hist_mask": torch.ones_like(h, dtype=torch.bool), "hist_ts": ts,
+                "item_id": target, "query_id": torch.zeros_like(target), "label": label}
 
     test = batch(512)
     auc = {}

@@ -194,12 +194,12 @@ class SEMINAR(PQRetrieval, RecModel):
     def interest(self, batch: Dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         hist = self.encode_history(batch)
         hist_pair = hist.pair[hist.inv]
-        K = min(self.hparams.topk, hist_pair.shape[1])
         L = hist_pair.shape[1]
+        K = min(self.hparams.topk, L)
         if not self.hparams.use_gsu:
             keys = hist_pair[:, -K:]
-            if self.time_emb is not None:
-                keys = keys + self.time_emb(batch, L, who="SEMINAR")[:, -K:]
+            if self.time_emb is not None:  # gaps to the latest behaviour, which the last K end with
+                keys = keys + self.time_emb(batch, K, who="SEMINAR")
             return self.esu(target, keys, hist.mask[:, -K:], bias=None)
         s = self.select(batch, target, hist, K)
         if self.gsu_probe is not None:

@@ -117,13 +117,22 @@ def test_ml100k_splices_the_peer_tables_per_protocol(tmp_path):
     peer.write_text(json.dumps({"meta": {"epochs": 100, "stopping_step": 10, "seeds": [0]}, "runs": [run]}))
     md = tmp_path / "ml100k.md"
     old = "Peer on the same split old\n\n| peer | n |\n|---|---|\n| RecBole GRU4Rec | 2 | 0.1 |\n"
-    md.write_text("# t\n\n## Ranking\n\nzoo\n\n" + old + "\n## Full\n\nzoo\n\n" + old + "\n## Reading\n")
+    reading = ("- ranking (NDCG@10, mean over seeds): HSTU 0.4400 > Popularity 0.2300. SEMINAR; x. The zoo's best, "
+               "HSTU 0.4400 ± 0.0100, is below RecBole's best of the models run (old), old 0.9 (n=1), on the same "
+               "candidates.\n- full (NDCG@10, mean over seeds): HSTU 0.0900 > Popularity 0.0400. y.\n"
+               "- ctr (AUC, mean over seeds): HSTU 0.7000 > Popularity 0.6000. z.\n")
+    md.write_text("# t\n\n## Ranking\n\nzoo\n\n" + old + "\n## Full\n\nzoo\n\n" + old + "\n## Reading\n\n" + reading)
     ml.splice_peers(md, peer)
     text = md.read_text()
     ranking, full = text.split("## Full")
     assert "| RecBole GRU4Rec | 1 | 0.4300 ± 0.0000 | 0.7000 ± 0.0000 |" in ranking and "0.1 |" not in ranking
     assert "| RecBole GRU4Rec | 1 | 0.0950 ± 0.0000 | 0.1800 ± 0.0000 | 0.1500 ± 0.0000 |" in full
-    assert text.count("Peer on the same split") == 2 and text.endswith("## Reading\n") and "zoo" in full
+    assert text.count("Peer on the same split") == 2 and "zoo" in full
+    # the Reading's zoo-vs-peer sentence follows the new peer runs; lines without one are left as they were
+    assert text.endswith("## Reading\n\n- ranking (NDCG@10, mean over seeds): HSTU 0.4400 > Popularity 0.2300. "
+                         "SEMINAR; x. The zoo's best, HSTU 0.4400 ± 0.0100, is at or above RecBole's best of the "
+                         "models run (GRU4Rec), GRU4Rec 0.4300 (n=1), on the same candidates.\n"
+                         + reading.split("\n", 1)[1])
 
 
 def test_ml100k_uses_the_tuned_overlay_under_ranking_only(tmp_path, monkeypatch):

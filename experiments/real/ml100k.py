@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -355,7 +356,29 @@ def splice_peers(md: Path, peer_json: Path = ROOT / "experiments/results/recbole
         i += 1
     if k != len(protos):
         raise ValueError(f"splice_peers: {md} has {k} peer blocks, expected {len(protos)}")
+    for i, line in enumerate(out):  # the Reading's zoo-vs-peer sentence, from the zoo's best as printed there
+        proto = next((p for p in protos if line.startswith(f"- {p} (")), None)
+        m = re.search(r" The zoo's best, (\S+) ([0-9.]+) ± ([0-9.]+), is .*$", line) if proto else None
+        if m:
+            out[i] = line[:m.start()] + peer_clause(peer, proto, m[1], float(m[2]), float(m[3]))
     md.write_text("\n".join(out))
+
+
+def peer_clause(peer: dict, proto: str, best: str, mean: float, sd: float) -> str:
+    """The Reading's sentence putting the zoo's best model beside RecBole's best on the same candidates
+    ("" under CTR or without peer runs)."""
+    pkey = {"ranking": "sampled", "full": "full"}.get(proto)
+    prs = {}
+    for r in peer["runs"] if pkey else []:
+        prs.setdefault(r["model"], []).append(r[pkey]["ndcg@10"])
+    if not prs:
+        return ""
+    pbest = max(prs, key=lambda m: sum(prs[m]) / len(prs[m]))
+    pv = prs[pbest]
+    return (f" The zoo's best, {best} {mean:.4f} ± {sd:.4f}, is "
+            f"{'at or above' if mean >= sum(pv) / len(pv) else 'below'} RecBole's best of the models "
+            f"run ({', '.join(sorted(prs))}), {pbest} {sum(pv) / len(pv):.4f}"
+            f"{f' ± {statistics.stdev(pv):.4f}' if len(pv) > 1 else ''} (n={len(pv)}), on the same candidates.")
 
 
 def reading(runs: Path, peer_json: Path = ROOT / "experiments/results/recbole_parity.json"):
@@ -386,18 +409,8 @@ def reading(runs: Path, peer_json: Path = ROOT / "experiments/results/recbole_pa
             + ("every learned model is above Popularity" if not below else
                f"not above Popularity: {', '.join(below)}")
             + (f"; above it by no more than its own seed spread: {', '.join(close)}." if close else "."))
-        pkey = {"ranking": "sampled", "full": "full"}.get(proto)
-        prs = {}
-        for r in peer["runs"] if pkey else []:
-            prs.setdefault(r["model"], []).append(r[pkey]["ndcg@10"])
-        if prs and learned:
-            pbest = max(prs, key=lambda m: sum(prs[m]) / len(prs[m]))
-            pv = prs[pbest]
-            best = learned[0]
-            line += (f" The zoo's best, {best} {avg[best]:.4f} ± {sd[best]:.4f}, is "
-                     f"{'at or above' if avg[best] >= sum(pv) / len(pv) else 'below'} RecBole's best of the models "
-                     f"run ({', '.join(sorted(prs))}), {pbest} {sum(pv) / len(pv):.4f}"
-                     f"{f' ± {statistics.stdev(pv):.4f}' if len(pv) > 1 else ''} (n={len(pv)}), on the same candidates.")
+        if learned:
+            line += peer_clause(peer, proto, learned[0], avg[learned[0]], sd[learned[0]])
         out.append(line)
     return out
 

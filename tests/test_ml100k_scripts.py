@@ -114,7 +114,8 @@ def test_ml100k_splices_the_peer_tables_per_protocol(tmp_path):
     run = {"model": "GRU4Rec", "sampled": {"ndcg@10": 0.43, "hr@10": 0.7, "mrr": 0.36, "auc": 0.89},
            "full": {"ndcg@10": 0.095, "hr@10": 0.18, "ndcg@50": 0.15, "hr@50": 0.44, "mrr": 0.085}}
     peer = tmp_path / "peer.json"
-    peer.write_text(json.dumps({"meta": {"epochs": 100, "stopping_step": 10, "seeds": [0]}, "runs": [run]}))
+    peer.write_text(json.dumps({"meta": {"epochs": 100, "stopping_step": 10, "seeds": [0, 1],
+                                         "not_finished": ["GRU4Rec seed 1"]}, "runs": [run]}))
     md = tmp_path / "ml100k.md"
     old = "Peer on the same split old\n\n| peer | n |\n|---|---|\n| RecBole GRU4Rec | 2 | 0.1 |\n"
     reading = ("- ranking (NDCG@10, mean over seeds): HSTU 0.4400 > Popularity 0.2300. SEMINAR; x. The zoo's best, "
@@ -128,6 +129,7 @@ def test_ml100k_splices_the_peer_tables_per_protocol(tmp_path):
     assert "| RecBole GRU4Rec | 1 | 0.4300 ± 0.0000 | 0.7000 ± 0.0000 |" in ranking and "0.1 |" not in ranking
     assert "| RecBole GRU4Rec | 1 | 0.0950 ± 0.0000 | 0.1800 ± 0.0000 | 0.1500 ± 0.0000 |" in full
     assert text.count("Peer on the same split") == 2 and "zoo" in full
+    assert text.count("seeds [0, 1]; not finished yet: GRU4Rec seed 1):") == 2
     # the Reading's zoo-vs-peer sentence follows the new peer runs; lines without one are left as they were
     assert text.endswith("## Reading\n\n- ranking (NDCG@10, mean over seeds): HSTU 0.4400 > Popularity 0.2300. "
                          "SEMINAR; x. The zoo's best, HSTU 0.4400 ± 0.0100, is at or above RecBole's best of the "
@@ -183,3 +185,25 @@ def test_ml100k_reading_flags_models_within_their_spread_of_popularity_and_compa
     assert "not above Popularity: ETA" in line
     assert "above it by no more than its own seed spread: SIM (+0.0005, seed std 0.0005)" in line  # not SEMINAR
     assert "HSTU 0.1100 ± 0.0100, is below RecBole's best of the models run (GRU4Rec, SASRec), GRU4Rec 0.1250" in line
+
+
+def test_ml100k_sequence_models_get_small_window_batches_and_full_validation_under_ranking_only(tmp_path, monkeypatch):
+    import types
+    ml = _load("ml100k")
+    monkeypatch.setattr(ml, "ROOT", tmp_path)
+    cmds = []
+    monkeypatch.setattr(ml, "sh", lambda cmd, log=None, env=None: cmds.append([str(c) for c in cmd]) or 0)
+    args = types.SimpleNamespace(runs="runs", epochs=40, extra=[])
+    for proto in ("ranking", "ctr"):
+        for label, cfg, extra in [m for m in ml.MODELS if m[0] in ("SASRec", "HSTU", "DIN")]:
+            ml._run_one(args, proto, ml.PROTOCOLS[proto], 0, label, cfg, extra, None, [])
+
+    def value(cmd, flag):  # the last occurrence wins in LightningCLI
+        return cmd[len(cmd) - 1 - cmd[::-1].index(flag) + 1] if flag in cmd else None
+
+    got = {(c[c.index("--name") + 1], "ctr" if "runs/data/ml100k_ctr" in c else "ranking"): c for c in cmds}
+    for label in ("SASRec", "HSTU"):
+        assert value(got[label, "ranking"], "--data.batch_size") == "32"
+        assert value(got[label, "ranking"], "--trainer.limit_val_batches") == "1.0"
+        assert value(got[label, "ctr"], "--data.batch_size") is None  # per-sample BCE: the YAML's 256 targets
+    assert value(got["DIN", "ranking"], "--data.batch_size") is None

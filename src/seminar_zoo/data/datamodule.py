@@ -66,7 +66,9 @@ class LifelongSequenceDataModule(pl.LightningDataModule):
         train_window: training targets per user (the most recent before val); None (default) = every
             position, the way SASRec and RecBole train (README "Training recipe").
         batch_size: training targets per batch; a batch holds each with its ``train_negatives``
-            negatives, right after it (``batch_size * (1 + train_negatives)`` rows).
+            negatives, right after it (``batch_size * (1 + train_negatives)`` rows). For a sequence
+            model trained on all positions (SASRec/HSTU ``all_positions``) each row is a history window
+            with a target at every position, up to ``max_len`` targets per row.
         n_eval_negatives: sampled negatives per ranking evaluation target.
         train_negatives: sampled negatives per ranking training target (0: positives only, for
             models trained with a full softmax over the catalogue).

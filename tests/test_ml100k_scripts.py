@@ -87,6 +87,12 @@ def test_tune_report_picks_on_validation_not_test(tmp_path):
     assert "| 1 (picked) | 0.00200 |" in md and "| - (beyond the budget) | 0.00400 |" in md
     assert rep.model_report(folder, budget=4)["picked"]["name"] == "r3"
     assert rep.model_report(folder, budget=5)["picked"] is None  # r4 unfinished: no pick under budget
+    # a sweep that changed the recipe (batch, validation share) is not held against the ablation's shipped run
+    abl = tmp_path / "abl.json"
+    abl.write_text(json.dumps({"runs": {"SASRec": [{"seed": 0, "best_val": {"score": 0.5}, "test/ndcg@10": 0.4}]}}))
+    assert rep.shipped_point("sasrec", 0, abl) == {"val_ndcg@10": 0.5, "test_ndcg@10": 0.4}
+    assert rep.shipped_point("sasrec", 0, abl, overrides=["--seed_everything", "0", "--data.batch_size", "32"]) is None
+    assert rep.shipped_point("sasrec", 0, abl, overrides=["--trainer.limit_val_batches=1.0"]) is None
     rep.main(["--sweeps", str(tmp_path), "--budget", "3", "--out", str(tmp_path / "rep"),
               "--write-configs", str(tmp_path / "tuned")])
     import yaml

@@ -47,10 +47,17 @@ def model_report(folder: Path, budget: int = 6) -> dict:
             "in_budget": done, "picked": points[0] if points and done >= budget else None}
 
 
-def shipped_point(model: str, seed: int = 0, path: Path = ROOT / "experiments/results/ml100k_ablation.json"):
-    """The shipped config's run of the same seed on the same data (the ablation's shipped rows), or None."""
+# recipe overrides the ablation's shipped rows did not have (they predate ml100k.py's RANKING_EXTRA; its SHARE,
+# --trainer.limit_train_batches, they had): a sweep run with any of them validates on other users and batches
+RECIPE_FLAGS = ("--data.batch_size", "--trainer.limit_val_batches")
+
+
+def shipped_point(model: str, seed: int = 0, path: Path = ROOT / "experiments/results/ml100k_ablation.json",
+                  overrides=()):
+    """The shipped config's run of the same seed on the same data (the ablation's shipped rows), or None (also
+    when the sweep's ``overrides`` change the recipe: its validation scores would not be comparable)."""
     label = {"sasrec": "SASRec", "hstu": "HSTU", "din": "DIN"}.get(model)
-    if label is None or not path.exists():
+    if label is None or not path.exists() or any(str(o).split("=")[0] in RECIPE_FLAGS for o in overrides):
         return None
     runs = [r for r in json.loads(path.read_text()).get("runs", {}).get(label, []) if r.get("seed") == seed]
     if not runs or not isinstance(runs[0].get("best_val"), dict):
@@ -74,7 +81,9 @@ def render(reports: dict, budget: int = 6) -> str:
              "[5e-4, 1e-2], embed_dim {32, 64}, dropout {0, 0.1, 0.2, 0.3}; each run trains with the recipe of "
              "`experiments/datasets/ml100k.yaml` (early stopping on validation NDCG@10, best checkpoint tested), "
              "`--seed_everything 0`, one thread. **The pick is the highest validation NDCG@10**; test NDCG@10 is "
-             "shown only to read what the pick is worth. Produced by `python experiments/real/ml100k_tune_report.py`.",
+             "shown only to read what the pick is worth. Validation scores compare points of one model, not models: "
+             "a model's runs may validate on a different share of the users (each section's overrides, e.g. "
+             "`--trainer.limit_val_batches`). Produced by `python experiments/real/ml100k_tune_report.py`.",
              "", *data_lines(reports),
              f"Budget {budget} points per model (the pick is made among the first {budget} seeded points, the "
              "same for every model; points a model was swept beyond them are listed below its budget, unused): "
@@ -157,7 +166,7 @@ def main(argv=None):
         sys.exit(2)
     reports = {n: model_report(base / n, args.budget) for n in names}
     for n, r in reports.items():
-        r["shipped"] = shipped_point(n, r["run_seed"]) if r["run_seed"] is not None else None
+        r["shipped"] = shipped_point(n, r["run_seed"], overrides=r["overrides"]) if r["run_seed"] is not None else None
     out = ROOT / args.out
     if args.merge and out.with_suffix(".json").exists():
         kept = json.loads(out.with_suffix(".json").read_text())

@@ -213,8 +213,9 @@ def write(args, runs, dm, missing=()) -> None:
             lines.append(f"| RecBole {model} | {len(rs)} | {name} | " + " | ".join(
                 _ms([r[proto][m] for r in rs]) for m in ("ndcg@10", "hr@10", "ndcg@50", "hr@50", "mrr", "auc"))
                 + f" | {own} |")
-    lines += ["", "Per run (each to early stopping; wall time on one thread of the 2-core machine, beside other "
-              "jobs; RecBole's own best validation NDCG@10 is on its full-ranking validation split):", "",
+    lines += ["", "Per run (each to early stopping; RecBole's own best validation NDCG@10 is on its full-ranking "
+              "validation split). Fit s is wall time over the resumed pieces of a run, on one or two threads of the "
+              "2-core machine beside other jobs: a record of what the run cost, not a speed figure.", "",
               "| model | seed | NDCG@10 (99 neg.) | NDCG@10 (full) | RecBole best valid NDCG@10 | fit s |",
               "|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (args.models.index(r["model"]) if r["model"] in args.models else 99,

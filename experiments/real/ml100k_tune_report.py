@@ -14,11 +14,15 @@ budget is complete, holding only the picked values (``experiments/real/ml100k.py
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("ml100k", ROOT / "experiments/real/ml100k.py")
+ml100k = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ml100k)
 SHORT = {"model.init_args.lr": "lr", "model.init_args.embed_dim": "embed_dim", "model.init_args.dropout": "dropout"}
 
 
@@ -47,9 +51,9 @@ def model_report(folder: Path, budget: int = 6) -> dict:
             "in_budget": done, "picked": points[0] if points and done >= budget else None}
 
 
-# recipe overrides the ablation's shipped rows did not have (they predate ml100k.py's RANKING_EXTRA; its SHARE,
-# --trainer.limit_train_batches, they had): a sweep run with any of them validates on other users and batches
-RECIPE_FLAGS = ("--data.batch_size", "--trainer.limit_val_batches")
+# the options of ml100k.py's RANKING_EXTRA, which the ablation's shipped rows predate (its SHARE they had): a
+# sweep run with any of them trains on other batches and validates on other users than those rows
+RECIPE_FLAGS = tuple(sorted({flag for extra in ml100k.RANKING_EXTRA.values() for flag in extra[::2]}))
 
 
 def shipped_point(model: str, seed: int = 0, path: Path = ROOT / "experiments/results/ml100k_ablation.json",
